@@ -1,0 +1,46 @@
+# Every target that needs .venv builds it first (make setup is idempotent).
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STUBS := $(VENV)/rp2-stubs
+STAMP := $(VENV)/.setup-stamp
+PORT ?=
+
+.PHONY: setup test test-fast check demo sim flash hil bench soak clean
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml Makefile
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip==25.3
+	$(BIN)/pip install -q -e '.[dev]'
+	# RP2040 stubs in their own folder so they never shadow CPython's stdlib.
+	$(BIN)/pip install -q --no-deps --target $(STUBS) micropython-rp2-rpi-pico-stubs==1.29.0.post1
+	$(BIN)/micropython -c "import sys; print('micropython ok', sys.implementation.version)"
+	touch $(STAMP)
+
+test: setup
+	$(BIN)/python -m pytest -q -p no:cacheprovider tests
+	$(MAKE) --no-print-directory check
+	$(BIN)/python -m pytest -q -p no:cacheprovider hil_tests --hil-report=hil_report
+
+check: setup
+	$(BIN)/python tools/check.py
+
+demo: setup
+	$(BIN)/python tools/demo.py
+
+sim: setup
+	$(BIN)/penctl sim
+
+flash: setup
+	$(BIN)/penctl $(if $(PORT),--port $(PORT)) flash
+
+hil: setup
+	$(BIN)/python -m pytest -v -p no:cacheprovider hil_tests $(if $(PORT),--pen-port $(PORT)) --hil-report=hil_report
+
+bench: setup
+	$(BIN)/python tools/bench.py --json bench.json
+
+clean:
+	rm -rf $(VENV) hil_report demo_out bench.json build

@@ -1,0 +1,84 @@
+# Every safety constant of the pen, in integer units, in one place.
+# Units: um (micrometre), cHz (centi-hertz), bp (basis points, 1/10000), mA,
+# cdegC (centi-degree C), mV, ms, us, pm (permille of nominal).
+# Written in the subset common to MicroPython and CPython: the host imports it.
+try:
+    from micropython import const
+except ImportError:  # CPython (host tool, tests)
+    def const(value):
+        return value
+
+FIRMWARE_VERSION = "1.0.0"
+PROTOCOL_VERSION = const(1)
+
+# --- control tick (DESIGN 2: 1 kHz, drift-free) ---
+TICK_US = const(1000)
+
+# --- S1: needle depth set point ---
+DEPTH_MIN_UM = const(250)
+DEPTH_MAX_UM = const(2500)
+DEPTH_STEP_UM = const(50)          # set-point grid
+DEPTH_UM_PER_STEP = const(5)       # lead screw travel per actuator microstep
+DEPTH_TRAVEL_UM = const(3000)      # mechanical travel from the retracted end-stop
+DEPTH_HOME_MAX_STEPS = const(800)  # > travel/step: end-stop not found after this -> HOMING fault
+
+# --- S2: depth verification ---
+DEPTH_TOL_UM = const(50)           # |measured - set| allowed once settled
+DEPTH_FAULT_SAMPLES = const(2)     # consecutive out-of-tolerance samples -> fault (<= 2 ticks)
+DEPTH_SETTLE_TICKS = const(20)     # sensor must agree this long after a move
+DEPTH_MOVE_TIMEOUT_TICKS = const(1500)
+
+# --- S3: stroke frequency ---
+HZ_MIN = const(50)
+HZ_MAX = const(150)
+SOFT_START_MS = const(150)         # set-point ramp length
+SPEED_KP_BP_PER_CHZ = const(2)     # PI gains: duty bp per cHz error (P), per cHz*ms/64 (I)
+SPEED_KI_SHIFT = const(6)
+DUTY_MAX_BP = const(9500)
+DUTY_PER_HZ_BP = const(50)         # feed-forward: ~duty for a given frequency at nominal load
+
+# --- S4: motor protection ---
+STALL_NO_EDGE_MS = const(60)       # driven, no tach edge for this long -> STALL / TACH_LOSS
+STALL_CURRENT_MA = const(700)      # locked-rotor current signature
+OVERCURRENT_MA = const(1500)
+OVERTEMP_CDEGC = const(4100)       # handpiece >= 41 degC
+BATTERY_MIN_MV = const(3300)
+FAULT_CONFIRM_SAMPLES = const(2)   # analogue faults confirmed on 2 samples (noise), so <= 2 ticks
+
+# --- S5: sterilisation ---
+UV_MIN_PM = const(800)             # >= 80 % of nominal intensity, continuously
+UV_DOSE_TARGET = const(60000000)   # 60 s at nominal: 60000 ms * 1000 pm
+UV_TIMEOUT_MS = const(120000)      # cycle gives up (aborts) after this
+
+# --- S6 / S8: sessions ---
+SESSION_MIN_S = const(10)
+SESSION_MAX_S = const(1800)
+USED_CARTRIDGES_MAX = const(200)   # oldest forgotten first (IDs are random 64-bit)
+
+# --- profiles ---
+PROFILE_NAME_MAX = const(24)
+PROFILES_MAX = const(16)
+
+# --- session log ---
+LOG_MAX_ENTRIES = const(50)
+
+# --- telemetry ---
+TELEMETRY_PERIOD_MS = const(20)    # 50 Hz
+TELEMETRY_RING = const(64)         # samples kept
+
+# --- wire ---
+FRAME_MAX = const(1024)            # bytes per frame, newline excluded
+RX_BYTES_PER_PASS = const(64)      # bounded protocol work per loop pass
+
+
+def limits_dict():
+    """Limits as reported by `info` (host units)."""
+    return {
+        "depth_min_mm": DEPTH_MIN_UM / 1000,
+        "depth_max_mm": DEPTH_MAX_UM / 1000,
+        "depth_step_mm": DEPTH_STEP_UM / 1000,
+        "hz_min": HZ_MIN,
+        "hz_max": HZ_MAX,
+        "session_min_s": SESSION_MIN_S,
+        "session_max_s": SESSION_MAX_S,
+    }
