@@ -32,15 +32,21 @@ DEPTH_MOVE_TIMEOUT_TICKS = const(1500)
 HZ_MIN = const(50)
 HZ_MAX = const(150)
 SOFT_START_MS = const(150)         # set-point ramp length
-SPEED_KP_BP_PER_CHZ = const(2)     # PI gains: duty bp per cHz error (P), per cHz*ms/64 (I)
-SPEED_KI_SHIFT = const(6)
+SPEED_KP_BP_PER_CHZ_X10 = const(2)  # P: duty bp per 10 cHz of error
+SPEED_KI_SHIFT = const(7)          # I: duty bp per (cHz * ms) >> shift
 DUTY_MAX_BP = const(9500)
-DUTY_PER_HZ_BP = const(50)         # feed-forward: ~duty for a given frequency at nominal load
+# Feed-forward from the stroke motor's datasheet model: volts needed for a
+# frequency at nominal load, divided by the measured battery voltage.
+MOTOR_FF_MV_PER_HZ = const(15)     # back-EMF 13.5 mV/Hz + load 1.5 mA/Hz * 1 ohm
+MOTOR_FF_MV_OFFSET = const(100)    # no-load current 100 mA * 1 ohm
+MOTOR_FF_MV_PER_HZ_S_X10 = const(5)  # accelerating the rotor: 0.5 mV per Hz/s of ramp slope
+MOTOR_R_MOHM = const(1000)         # winding resistance: locked-rotor current = V / R
 
 # --- S4: motor protection ---
-STALL_NO_EDGE_MS = const(60)       # driven, no tach edge for this long -> STALL / TACH_LOSS
-STALL_CURRENT_MA = const(700)      # locked-rotor current signature
-OVERCURRENT_MA = const(1500)
+TACH_TIMEOUT_PERIODS = const(2)    # driven, no tach edge for 2 expected strokes -> STALL / TACH_LOSS
+STALL_EMF_PCT = const(15)          # back-EMF below 15 % of the applied voltage: rotor not turning
+STALL_MIN_MA = const(300)
+OVERCURRENT_MA = const(1500)       # above this AND above the locked-rotor current: short
 OVERTEMP_CDEGC = const(4100)       # handpiece >= 41 degC
 BATTERY_MIN_MV = const(3300)
 FAULT_CONFIRM_SAMPLES = const(2)   # analogue faults confirmed on 2 samples (noise), so <= 2 ticks

@@ -1,0 +1,164 @@
+# The one frame codec of the pen protocol (DESIGN 3), shared by the firmware
+# (MicroPython) and the host (CPython): written in the common subset.
+#
+# Frame (one line, printable ASCII 0x20..0x7e only, then "\n"):
+#     "@" VER "," KIND "," NUM "," BODY "*" CRC
+# VER   protocol version (decimal)
+# KIND  "Q" request (host->pen), "R" response, "E" event (pen->host)
+# NUM   request id (Q/R, the response echoes it) or event sequence number (E),
+#       decimal 0..65535
+# BODY  JSON object, canonical: sorted keys, ", " / ": " separators, integers
+#       only (no floats on the wire: integer units), non-ASCII escaped as \uXXXX
+# CRC   CRC-32 (IEEE, binascii.crc32) of the bytes between "@" and "*", as
+#       8 lower-case hex digits
+# Control bytes never appear, so the MicroPython REPL and mpremote (Ctrl-A..E,
+# Ctrl-X) keep working on the same channel.
+import json
+
+try:
+    from binascii import crc32
+except ImportError:  # pragma: no cover - every supported interpreter has it
+    from zlib import crc32  # type: ignore
+
+try:
+    from micropython import const
+except ImportError:
+    def const(value):
+        return value
+
+from pen.limits import FRAME_MAX, PROTOCOL_VERSION
+
+KIND_REQUEST = "Q"
+KIND_RESPONSE = "R"
+KIND_EVENT = "E"
+_KINDS = "QRE"
+NUM_MODULO = const(65536)
+
+# Stable error codes (frame level). Command-level codes live with the commands.
+E_FRAME_LONG = "FRAME_LONG"
+E_FRAME_SYNTAX = "FRAME_SYNTAX"
+E_FRAME_CRC = "FRAME_CRC"
+E_FRAME_VERSION = "FRAME_VERSION"
+E_FRAME_CHARS = "FRAME_CHARS"
+E_FRAME_BODY = "FRAME_BODY"
+
+
+class WireError(Exception):
+    """A frame could not be decoded. `code` is a stable error code."""
+
+    def __init__(self, code, message):
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+def _dump_str(text):
+    out = json.dumps(text)
+    # MicroPython's json leaves non-ASCII as UTF-8; CPython escapes it. Make both
+    # escape, so the wire stays ASCII and both encoders produce the same bytes.
+    for ch in out:
+        if ord(ch) > 126:
+            break
+    else:
+        return out
+    parts = []
+    for ch in out:
+        code = ord(ch)
+        if code <= 126:
+            parts.append(ch)
+        elif code < 0x10000:
+            parts.append("\\u%04x" % code)
+        else:
+            code -= 0x10000
+            parts.append("\\u%04x\\u%04x" % (0xD800 + (code >> 10), 0xDC00 + (code & 0x3FF)))
+    return "".join(parts)
+
+
+def dumps(value):
+    """Canonical JSON text of `value` (dict/list/tuple/str/int/bool/None)."""
+    if value is None:
+        return "null"
+    if value is True:
+        return "true"
+    if value is False:
+        return "false"
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, str):
+        return _dump_str(value)
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join([dumps(item) for item in value]) + "]"
+    if isinstance(value, dict):
+        items = []
+        for key in sorted(value):
+            if not isinstance(key, str):
+                raise TypeError("frame keys must be str")
+            items.append(_dump_str(key) + ": " + dumps(value[key]))
+        return "{" + ", ".join(items) + "}"
+    raise TypeError("not encodable on the wire: %s" % type(value).__name__)
+
+
+def encode(kind, num, body):
+    """Frame bytes (with trailing newline) for `body` (a dict)."""
+    if kind not in _KINDS or len(kind) != 1:
+        raise ValueError("bad frame kind")
+    inner = "%d,%s,%d,%s" % (PROTOCOL_VERSION, kind, num % NUM_MODULO, dumps(body))
+    data = inner.encode()
+    if len(data) + 10 > FRAME_MAX:
+        raise ValueError("frame too long")
+    return b"@" + data + b"*" + ("%08x" % (crc32(data) & 0xFFFFFFFF)).encode() + b"\n"
+
+
+def _is_hex8(text):
+    if len(text) != 8:
+        return False
+    for ch in text:
+        if ch not in "0123456789abcdef":
+            return False
+    return True
+
+
+def decode(line):
+    """Decode one frame (bytes, with or without the line ending).
+
+    Returns (kind, num, body). Raises WireError for anything malformed; never
+    raises anything else, whatever the input.
+    """
+    if not isinstance(line, (bytes, bytearray)):
+        raise WireError(E_FRAME_SYNTAX, "frame must be bytes")
+    end = len(line)
+    while end and line[end - 1] in (10, 13):
+        end -= 1
+    if end > FRAME_MAX:
+        raise WireError(E_FRAME_LONG, "frame longer than %d bytes" % FRAME_MAX)
+    for index in range(end):
+        byte = line[index]
+        if byte < 0x20 or byte > 0x7E:
+            raise WireError(E_FRAME_CHARS, "non-printable byte 0x%02x at %d" % (byte, index))
+    text = bytes(line[:end]).decode()
+    if not text.startswith("@"):
+        raise WireError(E_FRAME_SYNTAX, "frame must start with '@'")
+    star = text.rfind("*")
+    if star < 0 or not _is_hex8(text[star + 1:]):
+        raise WireError(E_FRAME_SYNTAX, "frame must end with '*' and 8 hex digits")
+    inner = text[1:star]
+    if ("%08x" % (crc32(inner.encode()) & 0xFFFFFFFF)) != text[star + 1:]:
+        raise WireError(E_FRAME_CRC, "CRC mismatch")
+    parts = inner.split(",", 3)
+    if len(parts) != 4:
+        raise WireError(E_FRAME_SYNTAX, "frame needs version, kind, number and body")
+    version, kind, num_text, body_text = parts
+    if not version.isdigit() or int(version) != PROTOCOL_VERSION:
+        raise WireError(E_FRAME_VERSION, "protocol version %s not supported (pen speaks %d)"
+                        % (version[:8], PROTOCOL_VERSION))
+    if len(kind) != 1 or kind not in _KINDS:
+        raise WireError(E_FRAME_SYNTAX, "unknown frame kind")
+    if not num_text.isdigit() or len(num_text) > 5 or int(num_text) >= NUM_MODULO:
+        raise WireError(E_FRAME_SYNTAX, "bad frame number")
+    try:
+        body = json.loads(body_text)
+    except Exception:  # ValueError on both; be total whatever the parser raises
+        raise WireError(E_FRAME_BODY, "body is not valid JSON")
+    if not isinstance(body, dict):
+        raise WireError(E_FRAME_BODY, "body must be a JSON object")
+    return kind, int(num_text), body

@@ -1,0 +1,122 @@
+# Helpers for firmware tests that run unchanged on CPython (pytest) and on the
+# MicroPython unix port (tests/mp_runner.py). Common subset only.
+import os
+
+from boards.sim import Board
+from pen import control as c
+from pen.app import App
+
+_counter = [0]
+
+
+class _NullOut:
+    def __init__(self):
+        self.frames = []
+
+    def write(self, data):
+        self.frames.append(bytes(data))
+
+
+class _NoInput:
+    def read(self, n):
+        return b""
+
+    def fileno(self):
+        return -1
+
+
+class _NoPoll:
+    def register(self, obj, mask):
+        pass
+
+    def poll(self, timeout):
+        return []
+
+
+def fresh_dir(tag):
+    """A new empty folder for a pen's flash."""
+    base = os.getenv("PEN_TEST_TMP") or "/tmp"
+    _counter[0] += 1
+    path = "%s/pen-%s-%d-%d" % (base, tag, os.getpid() if hasattr(os, "getpid") else 0, _counter[0])
+    _rmtree(path)
+    os.mkdir(path)
+    return path
+
+
+def _rmtree(path):
+    try:
+        names = os.listdir(path)
+    except OSError:
+        return
+    for name in names:
+        full = path + "/" + name
+        try:
+            os.remove(full)
+        except OSError:
+            _rmtree(full)
+    os.rmdir(path)
+
+
+class Pen:
+    """A virtual pen on the fast clock, driven tick by tick from a test."""
+
+    def __init__(self, folder=None, seed=12345):
+        self.folder = folder or fresh_dir("t")
+        self.power_on(seed)
+
+    def power_on(self, seed=12345):
+        self.board = Board(clock="fast", serial="TEST-1", seed=seed)
+        self.board.store_dir = self.folder + "/data"
+        self.out = _NullOut()
+        self.app = App(self.board, out=self.out, inp=_NoInput(), poller=_NoPoll())
+        self.ctl = self.app.ctl
+        self.board.cartridge = getattr(self, "cartridge", None)
+
+    def run_ms(self, ms):
+        for _ in range(ms):
+            self.app.step()
+
+    def run_until(self, predicate, limit_ms):
+        for elapsed in range(limit_ms):
+            if predicate():
+                return elapsed
+            self.app.step()
+        raise AssertionError("condition not reached within %d ms (state %s)" % (limit_ms, self.state()))
+
+    def state(self):
+        return c.STATE_NAMES[self.ctl.state]
+
+    def request(self, op, **fields):
+        body = {"op": op}
+        for key in fields:
+            body[key] = fields[key]
+        return self.app.handle_request(body)
+
+    def boot(self):
+        self.run_until(lambda: self.ctl.state != c.BOOT, 2000)
+        return self.state()
+
+    def insert(self, cartridge_id):
+        self.cartridge = cartridge_id
+        self.board.cartridge = cartridge_id
+
+    def sterilise(self):
+        assert self.request("sterilise_start")["ok"]
+        self.run_until(lambda: self.ctl.state != c.STERILISING, 100000)
+        return self.state()
+
+    def push_profile(self, name="scalp", depth_um=500, stroke_hz=100, max_session_s=60):
+        reply = self.request("profile_put", profile={"name": name, "depth_um": depth_um,
+                                                     "stroke_hz": stroke_hz,
+                                                     "max_session_s": max_session_s})
+        assert reply["ok"], reply
+        assert self.request("profile_use", name=name)["ok"]
+
+    def events(self, kind=None):
+        from pen import wire
+        found = []
+        for frame in self.out.frames:
+            frame_kind, num, body = wire.decode(frame)
+            if frame_kind == "E" and (kind is None or body.get("ev") == kind):
+                found.append(body)
+        return found
