@@ -120,3 +120,16 @@ class Pen:
             if frame_kind == "E" and (kind is None or body.get("ev") == kind):
                 found.append(body)
         return found
+
+
+class SkipTest(Exception):
+    """Raised by a test that does not apply on this interpreter (reported as a skip)."""
+
+
+def skip(reason):
+    raise SkipTest(reason)
+
+
+def on_micropython():
+    import sys
+    return sys.implementation.name == "micropython"
