@@ -15,7 +15,7 @@ $(STAMP): pyproject.toml Makefile
 	$(BIN)/pip install -q --upgrade pip==25.3
 	$(BIN)/pip install -q -e '.[dev]'
 	# RP2040 stubs in their own folder so they never shadow CPython's stdlib.
-	$(BIN)/pip install -q --no-deps --target $(STUBS) micropython-rp2-rpi-pico-stubs==1.29.0.post1
+	$(BIN)/pip install -q --no-deps --target $(STUBS) micropython-rp2-rpi-pico-stubs==1.29.0.post1 micropython-stdlib-stubs==1.29.0.post2
 	$(BIN)/micropython -c "import sys; print('micropython ok', sys.implementation.version)"
 	touch $(STAMP)
 
