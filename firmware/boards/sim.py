@@ -52,6 +52,8 @@ _SPIN_US = const(120)             # real clock: busy-wait the last part of a per
 
 
 class Board:
+    BOARD_NAME = BOARD_NAME
+
     def __init__(self, clock=None, serial=None, rig_in=None, rig_out=None, seed=12345):
         if clock is None:
             clock = os.getenv("PEN_SIM_CLOCK") or "real"

@@ -9,7 +9,7 @@ except ImportError:  # CPython: same arithmetic as MicroPython's unix port (peri
     _HALF = _PERIOD >> 1
 
     def ticks_us():
-        return (_time.monotonic_ns() // 1000) % _PERIOD
+        return (_time.monotonic_ns() // 1000) % _PERIOD  # type: ignore[attr-defined]
 
     def ticks_add(ticks, delta):
         return (ticks + delta) % _PERIOD

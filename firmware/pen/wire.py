@@ -52,7 +52,7 @@ class WireError(Exception):
         self.message = message
 
 
-def _dump_str(text):
+def _dump_str(text) -> str:
     out = json.dumps(text)
     # MicroPython's json leaves non-ASCII as UTF-8; CPython escapes it. Make both
     # escape, so the wire stays ASCII and both encoders produce the same bytes.
@@ -74,7 +74,7 @@ def _dump_str(text):
     return "".join(parts)
 
 
-def dumps(value):
+def dumps(value) -> str:
     """Canonical JSON text of `value` (dict/list/tuple/str/int/bool/None)."""
     if value is None:
         return "null"
