@@ -124,6 +124,7 @@ class Board:
         self.store_dir = "data"
         # Direct reference to the C function: one call level less per tick.
         self.ticks_us = time.ticks_us
+        self.cpu_ticks_us = time.ticks_us   # same clock: real time is pen time here
 
         # Stroke motor: driver asleep (coast) before the PWM exists.
         self._motor_en = Pin(_PIN_MOTOR_EN, Pin.OUT, value=0)
