@@ -306,7 +306,7 @@ class Controller:
             # stall (rotor not turning) or a lost tach signal (rotor turning).
             if self._drive_ms > SOFT_START_MS and self.hz_set_chz > 0:
                 timeout_ms = TACH_TIMEOUT_PERIODS * 100000 // self.hz_set_chz
-                if self.now_ms - self._tach_seen_ms > timeout_ms:
+                if self.now_ms - self._tach_seen_ms >= timeout_ms:
                     if (applied_mv - current * MOTOR_R_MOHM // 1000) * 100 < applied_mv * STALL_EMF_PCT:
                         self.fault_now(F_STALL)
                     else:
