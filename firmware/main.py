@@ -1,5 +1,11 @@
 # Pen firmware entry point: picks the board, builds the app, runs it.
 # Any exception, Ctrl-C included (S9): motor off first, then the REPL.
+#
+# Run as a script (`micropython firmware/main.py`, the virtual pen's factory
+# image, a board's /main.py) it starts at once. A flashed pen instead has the
+# boot stub (firmware/boot_stub.py) as its /main.py: the firmware, this module
+# included, is compiled into a slot /fw/a or /fw/b, and the stub puts the
+# active slot first on sys.path, imports this module from there and calls main().
 import sys
 
 
@@ -26,4 +32,5 @@ def main():
         raise
 
 
-main()
+if __name__ == "__main__":
+    main()
