@@ -397,6 +397,16 @@ class App:
         self._require_not_running()
         if not self.board.lid_closed():
             raise PenError("LID_OPEN", "close the dock lid to sterilise")
+        if self.unlocked:
+            # A new cycle replaces a previous unlock: the pen is LOCKED until it
+            # completes, in flash too, so neither an aborted cycle nor a power
+            # cut mid-cycle leaves the old unlock behind (S5, S7).
+            self.unlocked = False
+            try:
+                self._write_lockout()
+            except StoreError:
+                self.unlocked = True    # the record still says unlocked
+                raise
         self.last_steril = {"result": "running", "reason": "NONE"}
         self.ctl.start_sterilising()
         return {"dose_target": lim.UV_DOSE_TARGET}
