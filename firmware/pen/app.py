@@ -117,8 +117,10 @@ class App:
         try:
             while True:
                 self.step()
-        except Exception as exc:
+        except BaseException as exc:   # Ctrl-C (KeyboardInterrupt) too (S9)
             self.board.safe_stop()     # motor off before anything else
+            self.ctl.motor_on = False  # it is off now, so the crash record may be written
+            self.ctl.duty_bp = 0
             self._log_safely({"kind": "crash", "error": repr(exc)[:80], "t_ms": self.ctl.now_ms})
             raise
 
