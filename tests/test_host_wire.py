@@ -260,3 +260,25 @@ def test_transport_open_failure_is_a_link_error(tmp_path):
     with pytest.raises(LinkError) as info:
         SerialLink(str(tmp_path / "no-such-port")).open()
     assert "no-such-port" in info.value.message and "--port" in info.value.message
+
+
+def test_transport_echo_means_repl_and_fails_fast(fake):
+    # The friendly REPL echoes what it is typed and "\n" alone does not end its line.
+    link = SerialLink(fake.port, request_timeout=5).open()
+    try:
+        import threading
+
+        def echo():
+            fake.requests()
+            fake.send(b">>> " + wire.encode("Q", 1, {"op": "ping"}).rstrip(b"\n"))
+
+        thread = threading.Thread(target=echo)
+        thread.start()
+        started = time.monotonic()
+        with pytest.raises(LinkError) as info:
+            link.request({"op": "ping"})
+        thread.join()
+        assert time.monotonic() - started < 2
+        assert "REPL" in info.value.message
+    finally:
+        link.close()

@@ -16,6 +16,7 @@ being waited for; there is no background thread.
 """
 
 import collections
+import re
 import time
 
 import serial
@@ -25,6 +26,7 @@ from pen.limits import PROTOCOL_VERSION
 from penctl.errors import LinkError, ProtocolError
 
 _REPL_PROMPTS = (b">>>", b"raw REPL; CTRL-B to exit")
+_ECHO = re.compile(rb"@[0-9]+,Q,[0-9]+,")
 
 
 def _fmt_s(seconds):
@@ -48,6 +50,8 @@ class SerialLink:
     BAUDRATE = 115200
     #: how long one blocking read may wait before the deadline is checked again
     POLL_S = 0.05
+    #: our request echoed back (a REPL, never the firmware): give up this soon after, not at the timeout
+    ECHO_GRACE_S = 0.3
 
     def __init__(self, port, request_timeout=None, open_timeout=None, baudrate=None):
         if not port:
@@ -71,6 +75,8 @@ class SerialLink:
         self.foreign_version = None  # protocol version of a frame we could not speak
         self.last_pen_error = None   # last id-0 error response (the pen could not parse a line)
         self._last_seq = None
+        self.echoed = False          # our request came back: something echoes (the REPL does)
+        self._echo_t = 0.0
 
     # ---- open / close ----
 
@@ -132,9 +138,9 @@ class SerialLink:
         deadline = time.monotonic() + timeout
         while num not in self._responses:
             remaining = deadline - time.monotonic()
-            if remaining <= 0:
+            if remaining <= 0 or (self.echoed and time.monotonic() - self._echo_t > self.ECHO_GRACE_S):
                 raise LinkError(self._timeout_message(body.get("op"), timeout))
-            self._pump(remaining)
+            self._pump(min(remaining, self.POLL_S))
             if self.foreign_version is not None and num not in self._responses:
                 raise ProtocolError("the pen on %s speaks protocol version %s, this penctl speaks %d: "
                                     "update penctl, or run `penctl flash` to give the pen matching firmware"
@@ -232,7 +238,11 @@ class SerialLink:
             self._responses[num] = body
         elif kind == wire.KIND_EVENT:
             self._event(num, body)
-        # KIND_REQUEST: our own frame echoed back by a terminal; ignore it.
+        else:
+            # Our own request echoed back: a REPL (or a terminal) is reading what we type.
+            if not self.echoed:
+                self._echo_t = time.monotonic()
+            self.echoed = True
 
     def _event(self, seq, body):
         if self._last_seq is not None:
@@ -250,7 +260,11 @@ class SerialLink:
         self.recent.append(line.decode("ascii", "replace"))
 
     def at_repl(self):
-        """True when what the port printed last looks like a MicroPython REPL prompt."""
+        """True when the port looks like a MicroPython REPL: it echoes our requests back
+        (the REPL echoes what it is typed; \n alone does not end a REPL line, so the echo
+        may be a partial line), or it printed a prompt."""
+        if self.echoed or _ECHO.search(bytes(self._rx)):
+            return True
         tail = b"\n".join(line.encode("ascii", "replace") for line in self.recent) + bytes(self._rx)
         tail = tail[-300:]
         return any(prompt in tail for prompt in _REPL_PROMPTS)
