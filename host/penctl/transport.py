@@ -26,7 +26,8 @@ from pen.limits import PROTOCOL_VERSION
 from penctl.errors import LinkError, ProtocolError
 
 _REPL_PROMPTS = (b">>>", b"raw REPL; CTRL-B to exit")
-_ECHO = re.compile(rb"@[0-9]+,Q,[0-9]+,")
+# A line that starts (after an optional REPL prompt) like one of our request frames.
+_ECHO = re.compile(rb"(?:>>> |\.\.\. |>)?@[0-9]+,Q,[0-9]+,")
 
 
 def _fmt_s(seconds):
@@ -206,6 +207,9 @@ class SerialLink:
         while True:
             end = self._rx.find(b"\n")
             if end < 0:
+                if not self.echoed and _ECHO.match(self._rx):
+                    self._echo_t = time.monotonic()
+                    self.echoed = True
                 if len(self._rx) > self.LINE_MAX:
                     self._remember(bytes(self._rx[:200]) + b"...")
                     del self._rx[:]
@@ -263,7 +267,7 @@ class SerialLink:
         """True when the port looks like a MicroPython REPL: it echoes our requests back
         (the REPL echoes what it is typed; \n alone does not end a REPL line, so the echo
         may be a partial line), or it printed a prompt."""
-        if self.echoed or _ECHO.search(bytes(self._rx)):
+        if self.echoed or _ECHO.match(bytes(self._rx)):
             return True
         tail = b"\n".join(line.encode("ascii", "replace") for line in self.recent) + bytes(self._rx)
         tail = tail[-300:]
