@@ -4,6 +4,7 @@ import argparse
 import json
 import math
 import os
+import signal
 import sys
 import time
 
@@ -210,7 +211,10 @@ class Out:
 
     def error(self, exc, extra=None):
         self.end_progress()
-        for line in str(exc.message).splitlines() or [""]:
+        text = str(exc.message)
+        if isinstance(exc, errors.PenRefused) and exc.code not in text:
+            text = "%s (%s)" % (text, exc.code)       # the stable code names the reason
+        for line in text.splitlines() or [""]:
             sys.stderr.write("penctl: %s\n" % line)
         sys.stderr.flush()
         if self.json:
@@ -257,7 +261,10 @@ def _json_default(value):
 def _num(value, fmt="%.2f", none="-"):
     if value is None:
         return none
-    return fmt % value
+    text = fmt % value
+    if text.startswith("-") and not text.strip("-0."):
+        text = text[1:]                              # no "-0.00" from sensor noise
+    return text
 
 
 def _table(headers, rows):
@@ -416,9 +423,10 @@ def _rows_summary(rows, every_s=1.0):
     if rows and picked[-1] is not rows[-1]:
         picked.append(rows[-1])
     return _table(("T_S", "STATE", "DEPTH_MM", "HZ", "DUTY", "CURRENT_MA", "TEMP_C", "BATTERY_V", "STROKES"),
-                  [("%.2f" % r["t_s"], r["state"], "%.2f/%.2f" % (r["depth_mm"], r["depth_set_mm"]),
-                    "%.1f/%.1f" % (r["hz"], r["hz_set"]), "%.2f" % r["duty"], r["current_ma"],
-                    "%.1f" % r["temp_c"], "%.2f" % r["battery_v"], r["strokes"]) for r in picked])
+                  [("%.2f" % r["t_s"], r["state"], "%s/%s" % (_num(r["depth_mm"]), _num(r["depth_set_mm"])),
+                    "%s/%s" % (_num(r["hz"], "%.1f"), _num(r["hz_set"], "%.1f")), _num(r["duty"]),
+                    r["current_ma"], _num(r["temp_c"], "%.1f"), _num(r["battery_v"]), r["strokes"])
+                   for r in picked])
 
 
 def cmd_session(args, out):
@@ -571,6 +579,8 @@ def main(argv=None):
         except SystemExit as exc:     # --help / --version: argparse printed it
             return int(exc.code or 0)
         out = Out(args.json)
+        if args.command != "sim":
+            _stop_on_signals()
         return COMMANDS[args.command](args, out)
     except PenctlError as exc:
         out.error(exc)
@@ -580,6 +590,21 @@ def main(argv=None):
         return EXIT_INTERRUPTED
     except BrokenPipeError:
         return EXIT_CONNECTION
+
+
+def _raise_interrupt(signum, frame):
+    raise KeyboardInterrupt
+
+
+def _stop_on_signals():
+    """SIGTERM / SIGHUP behave like Ctrl-C: a running `session run` stops the motor before exiting."""
+    for name in ("SIGTERM", "SIGHUP"):
+        sig = getattr(signal, name, None)
+        if sig is not None:
+            try:
+                signal.signal(sig, _raise_interrupt)
+            except (ValueError, OSError):    # not the main thread
+                pass
 
 
 def _command_index(argv):
