@@ -545,10 +545,16 @@ def cmd_flash(args, out):
     report = flash_firmware(port, **kwargs)
     out.end_progress()
     report = dict(report or {})
-    human = "firmware deployed to %s" % port
-    if report:
-        human += "\n" + "\n".join("  %s: %s" % (k, v) for k, v in report.items()
-                                  if not isinstance(v, (list, dict)) or len(str(v)) < 100)
+    if report.get("changed") is False:
+        human = "the firmware on %s is up to date (nothing changed)" % port
+    else:
+        human = "firmware deployed to %s" % port
+        if "files_written" in report:
+            human += ": %s file(s) written (%s bytes), %s copied, %s removed" % (
+                report.get("files_written"), report.get("bytes_written"), report.get("files_copied", 0),
+                report.get("files_removed", 0))
+    if "slot" in report or "seconds" in report:
+        human += "\nslot %s, protocol %s, %s s" % (report.get("slot"), report.get("protocol"), report.get("seconds"))
     out.result({"port": port, "report": report}, human)
     return EXIT_OK
 
