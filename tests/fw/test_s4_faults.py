@@ -1,0 +1,135 @@
+# S4: stall, over-current, over-temperature (handpiece >= 41 degC), tach loss,
+# battery under-voltage: fault, motor off within 2 ticks, latched, logged.
+# Faults are injected into the simulated plant (the rig's injections) while a
+# session drives the motor. Numbers from DESIGN 2.1. Runs on CPython and
+# MicroPython.
+import penfix
+
+MAX_TICKS = 2
+
+
+def _inject_and_count(pen, fault):
+    assert pen.state() == "RUNNING" and pen.board.duty_bp > 0
+    assert pen.board.inject(fault)
+    return penfix.ticks_until(pen, lambda: pen.board.duty_bp == 0, 50)
+
+
+def _assert_latched_and_logged(pen, name):
+    assert pen.state() == "FAULT"
+    assert pen.request("info")["fault"] == name
+    # the session ended because of the fault, the needles retract
+    ends = pen.events("session_end")
+    assert len(ends) == 1 and ends[0]["reason"] == "FAULT", ends
+    assert [e["fault"] for e in pen.events("fault")] == [name]
+    # latched: the cause is gone, the pen stays in FAULT with the motor off
+    pen.board.clear_injections()
+    pen.run_ms(1000)
+    assert pen.state() == "FAULT" and pen.board.duty_bp == 0
+    assert pen.request("info")["fault"] == name
+    assert pen.board.carriage_um == 0            # needles retracted
+    reply = pen.request("session_start")
+    assert reply["ok"] is False and reply["code"] == "FAULT"
+    reply = pen.request("sterilise_start")
+    assert reply["ok"] is False and reply["code"] == "FAULT"
+    # logged: the fault and the session that it ended
+    entries = penfix.log_entries(pen)
+    faults = [e for e in entries if e["kind"] == "fault"]
+    assert len(faults) == 1 and faults[0]["fault"] == name
+    sessions = [e for e in entries if e["kind"] == "session"]
+    assert len(sessions) == 1 and sessions[0]["end"] == "FAULT"
+    # only an explicit clear with a reason ends it; BOOT checks again and the
+    # session consumed the unlock, so the pen is LOCKED
+    assert pen.request("fault_clear")["code"] == "BAD_REQUEST"
+    assert pen.state() == "FAULT"
+    assert pen.request("fault_clear", reason="test bench")["cleared"] == name
+    assert pen.boot() == "LOCKED"
+    cleared = [e for e in penfix.log_entries(pen) if e["kind"] == "fault_clear"]
+    assert len(cleared) == 1 and cleared[0]["fault"] == name and cleared[0]["reason"] == "test bench"
+
+
+def _fault_case(fault, name, cartridge):
+    pen = penfix.running_pen(cartridge=cartridge)
+    ticks = _inject_and_count(pen, fault)
+    off_us = pen.board.motor_off_us - pen.board.inject_us
+    print("S4 %s: %s, motor off after %d ticks (%d us after injection)" % (fault, pen.request("info")["fault"],
+                                                                       ticks, off_us))
+    assert ticks <= MAX_TICKS, ticks
+    assert off_us <= MAX_TICKS * 1000
+    _assert_latched_and_logged(pen, name)
+
+
+def test_s4_stall_fault():
+    _fault_case("stall", "STALL", "CA0401")
+
+
+def test_s4_overcurrent_fault():
+    _fault_case("overcurrent", "OVERCURRENT", "CA0402")
+
+
+def test_s4_overtemp_fault():
+    _fault_case("overtemp", "OVERTEMP", "CA0403")
+
+
+def test_s4_low_battery_fault():
+    _fault_case("low_battery", "LOW_BATTERY", "CA0404")
+
+
+def _tach_loss(hz, delay_ms, cartridge):
+    pen = penfix.running_pen(stroke_hz=hz, cartridge=cartridge)
+    # inject right after an edge was seen (the worst case) plus delay_ms
+    count = pen.board.tach
+    pen.run_until(lambda: pen.board.tach != count, 100)
+    pen.run_ms(delay_ms)
+    pen.board.inject("tach_loss")
+    detect = 0
+    for detect in range(1, 200):
+        pen.run_ms(1)
+        if pen.state() == "FAULT":
+            # motor off in the very tick that detected it
+            assert pen.board.duty_bp == 0
+            break
+        assert pen.board.duty_bp > 0
+    assert pen.request("info")["fault"] == "TACH_LOSS"
+    assert pen.board.speed_mhz > hz * 900        # the rotor was turning: not a stall
+    return pen, detect
+
+
+def test_s4_tach_loss_fault():
+    for hz in (50, 100, 150):
+        period_ms = 1000 / hz
+        limit = int(2 * period_ms + 0.999)      # 2 expected stroke periods, in whole ticks
+        worst = 0
+        for delay_ms in (0, 3, 7):
+            pen, detect = _tach_loss(hz, delay_ms, "CA04%d%d" % (hz, delay_ms))
+            if detect > worst:
+                worst = detect
+        print("S4 tach_loss at %d Hz: detected after at most %d ticks (2 periods = %.1f ms)"
+              % (hz, worst, 2 * period_ms))
+        assert worst <= limit, (hz, worst, limit)
+    _assert_latched_and_logged(pen, "TACH_LOSS")
+
+
+def test_s4_overtemp_threshold_is_41_degc():
+    pen = penfix.unlocked_pen()
+    assert pen.state() == "READY"
+    # handpiece at 40.9 degC (sensor noise +-0.03 degC): no fault
+    pen.board.temp_u = 4090 * 10000
+    pen.run_ms(300)
+    assert pen.state() == "READY"
+    # 41.1 degC: fault within 2 ticks, also with the motor off
+    pen.board.temp_u = 4110 * 10000
+    ticks = penfix.ticks_until(pen, lambda: pen.state() == "FAULT", 10)
+    assert ticks <= MAX_TICKS
+    assert pen.request("info")["fault"] == "OVERTEMP"
+
+
+def test_s4_fault_during_session_blocks_new_session_after_clear():
+    # a latched fault cleared: the unlock was used by the faulted session
+    pen = penfix.running_pen(cartridge="CA0420")
+    pen.board.inject("stall")
+    pen.run_ms(5)
+    pen.board.clear_injections()
+    assert pen.request("fault_clear", reason="rotor freed")["ok"]
+    assert pen.boot() == "LOCKED"
+    pen.insert("CA0421")
+    assert pen.request("session_start")["code"] == "LOCKED"
