@@ -292,7 +292,6 @@ class Board:
         self._rig_buf = b""
         reply = self.rig_request(line)
         self._rig_out.write(reply.encode() + b"\n")
-        self._rig_out.flush()
 
     # ---- rig (fault injection, true plant state) ----
 
