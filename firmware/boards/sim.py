@@ -98,6 +98,11 @@ class Board:
         self._rig_out = None
         self._rig_poll = None
         self._rig_buf = b""
+        # The plant outlives the interpreter: at exit (Ctrl-C, crash) the final
+        # state goes to the supervisor, which reports it while the REPL runs.
+        self._plant_file = os.getenv("PEN_SIM_PLANT_FILE")
+        if self._plant_file and hasattr(sys, "atexit"):
+            sys.atexit(self._write_final_plant)  # type: ignore[attr-defined]
         rig_in = rig_in or os.getenv("PEN_SIM_RIG_IN")
         rig_out = rig_out or os.getenv("PEN_SIM_RIG_OUT")
         if rig_in and rig_out:
@@ -292,6 +297,14 @@ class Board:
         self._rig_buf = b""
         reply = self.rig_request(line)
         self._rig_out.write(reply.encode() + b"\n")
+
+    def _write_final_plant(self):
+        import json
+        try:
+            with open(self._plant_file, "w") as handle:
+                handle.write(json.dumps(self.measure()))
+        except Exception:
+            pass
 
     # ---- rig (fault injection, true plant state) ----
 

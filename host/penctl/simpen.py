@@ -365,6 +365,8 @@ class VirtualPen:
             self._kill_child(child)
             self._child = None
         self._state = "off"
+        if self.state_dir is not None:
+            self._plant_file().unlink(missing_ok=True)
         for c in list(self._clients.values()):
             self._close_client(c)
         if self._server is not None:
@@ -673,6 +675,10 @@ class VirtualPen:
         keep: list[int] = []
         parent_fds: dict[str, int] = {}
         if kind == "firmware":
+            # The plant outlives the interpreter: the sim board writes its final state here at exit
+            # (a motor the firmware left running keeps running while the REPL is up).
+            self._plant_file().unlink(missing_ok=True)
+            env["PEN_SIM_PLANT_FILE"] = str(self._plant_file())
             rin_r, rin_w = os.pipe()
             rout_r, rout_w = os.pipe()
             env["PEN_SIM_RIG_IN"] = f"/dev/fd/{rin_r}"
@@ -741,7 +747,21 @@ class VirtualPen:
         self._counts["boots"] += 1
         self._boot("friendly")
 
+    def _plant_file(self) -> Path:
+        assert self.state_dir is not None
+        return Path(tempfile.gettempdir()) / f"penctl-plant-{os.getpid()}-{id(self)}.json"
+
+    def _final_plant(self) -> dict:
+        """Plant state the last firmware left behind (motor, UV), if it is still powered."""
+        try:
+            final = json.loads(self._plant_file().read_text())
+        except (OSError, ValueError):
+            return {}
+        return {k: final[k] for k in ("motor_on", "uv_on", "duty_bp", "motor_off_us", "inject_us", "t_us")
+                if k in final}
+
     def _power_cut(self) -> None:
+        self._plant_file().unlink(missing_ok=True)   # no power: the motor and UV stop
         child = self._child
         self._child = None
         self._state = "off"
@@ -1074,9 +1094,12 @@ class VirtualPen:
         if not running:
             powered = self._state != "off"
             if op == "measure":
-                reply({"ok": True, "powered": powered, "firmware": False, "motor_on": False,
+                rep = {"ok": True, "powered": powered, "firmware": False, "motor_on": False,
                        "uv_on": False, "hz": 0, "depth_um": None, "cartridge": w["cartridge"],
-                       "lid_closed": not w["lid_open"]})
+                       "lid_closed": not w["lid_open"]}
+                if powered:
+                    rep.update(self._final_plant())
+                reply(rep)
             elif op == "inject":
                 reply({"ok": False, "error": "firmware not running", "powered": powered})
             else:
