@@ -398,9 +398,9 @@ class Controller:
     # ---- session ----
 
     def _running_tick(self, board):
-        self.session_ms += 1
         phase = self.motor_phase
         if phase != _M_RETRACT:
+            self.session_ms += 1     # treatment time: from start until the motor stops
             if not board.cartridge_present():
                 self._end_session(END_CARTRIDGE_OUT)
                 return
