@@ -389,3 +389,20 @@ def test_protocol_mismatch_is_a_flash_error_and_the_right_firmware_goes_back_on(
         assert "penctl speaks %d" % limits.PROTOCOL_VERSION in err.value.message
         rep = flash.flash_firmware(vp.port)
         assert rep["protocol"] == limits.PROTOCOL_VERSION and rep["slot"] == "b"
+
+
+@needs_pen
+def test_a_firmware_that_does_not_start_is_rolled_back(tmp_path):
+    src = firmware_copy(tmp_path)
+    app = src / "pen" / "app.py"
+    app.write_text(app.read_text() + "\nraise RuntimeError('boom at import')\n")
+    state = tmp_path / "state"
+    with VirtualPen(state_dir=state, clock="real", blank=True) as vp:
+        flash.flash_firmware(vp.port)
+        with pytest.raises(FlashError) as err:
+            flash.flash_firmware(vp.port, source_dir=src)
+        assert "boom at import" in err.value.message and "switched back" in err.value.message
+        assert (state / "fw" / "active").read_text() == "a"
+        assert flash.ping(vp.port, 10) == limits.PROTOCOL_VERSION      # the previous firmware runs
+        rep = flash.flash_firmware(vp.port)                           # and stays: nothing to do
+        assert rep["slot"] == "a" and not rep["changed"]

@@ -420,6 +420,15 @@ class _Gone(Exception):
     """The pen stopped answering (power cut, unplugged, reset)."""
 
 
+class NotStarted(FlashError):
+    """After the reset the firmware did not come up (the pen is at the REPL, or silent)."""
+
+    def __init__(self, reason: str):
+        super().__init__("the flashed firmware does not start (%s): fix it and run `penctl flash` again"
+                         % reason)
+        self.reason = reason
+
+
 class _RawRepl:
     """mpremote's SerialTransport with timeouts everywhere and errors turned into _Gone."""
 
@@ -559,8 +568,8 @@ def ping(port: str, timeout: float) -> int:
             now = time.monotonic()
             if now >= deadline:
                 tail = seen.decode(errors="replace").strip().splitlines()[-3:]
-                raise FlashError("the pen did not answer a ping within %.0f s after the reset%s" % (
-                    timeout, (": it printed " + " | ".join(tail)) if tail else ""))
+                raise NotStarted("no answer to a ping within %.0f s of the reset%s" % (
+                    timeout, ("; it printed: " + " | ".join(tail)) if tail else ""))
             if now >= next_ping:
                 link.write(frame)
                 next_ping = now + PING_INTERVAL
@@ -572,8 +581,7 @@ def ping(port: str, timeout: float) -> int:
             if b">>> " in seen or b"raw REPL" in seen:
                 tail = seen.decode(errors="replace").strip().splitlines()
                 why = [ln for ln in tail if "Error" in ln or "error" in ln]
-                raise FlashError("the pen did not start the firmware after the reset, it is at the REPL%s"
-                                 % ((": " + why[-1].strip()) if why else ""))
+                raise NotStarted("the pen is at the REPL%s" % ((": " + why[-1].strip()) if why else ""))
             while b"\n" in buf:
                 line, buf = buf.split(b"\n", 1)
                 line = line.strip(b"\r")
@@ -637,6 +645,7 @@ def flash_firmware(port: str, source_dir: Path | str | None = None, progress: Pr
         state = parse_hashes(pen.exec(_dev_hash(stubm, stubm.SLOTS, True), t_step), stubm)
         report("hash", 1, 1)
         plan = make_plan(build, state)
+        previous = stubm.pick(state.pointer, state.gens)
         written = bytes_written = 0
         if plan.stage:
             stage = "write"
@@ -672,7 +681,12 @@ def flash_firmware(port: str, source_dir: Path | str | None = None, progress: Pr
         raise FlashError(_gone_message(stage, port, exc)) from None
     finally:
         pen.close()
-    protocol = ping(port, t_boot)
+    try:
+        protocol = ping(port, t_boot)
+    except NotStarted as exc:
+        if previous is None or previous == plan.slot:
+            raise
+        raise FlashError(_roll_back(port, stubm, previous, exc, t_raw, t_step, t_boot)) from None
     report("reset", 1, 1)
     return {
         "files_total": len(build.files),
@@ -685,6 +699,30 @@ def flash_firmware(port: str, source_dir: Path | str | None = None, progress: Pr
         "changed": plan.changed,
         "protocol": protocol,
     }
+
+
+def _roll_back(port: str, stubm, slot: str, why: NotStarted, t_raw: float, t_step: float,
+               t_boot: float) -> str:
+    """The new firmware does not start: point fw/active back at `slot` (complete, it booted before
+    this flash), reset, check it answers. Returns the message for the FlashError to raise."""
+    pen = None
+    try:
+        pen = _RawRepl(port)
+        pen.enter(t_raw)
+        pen.exec(_DEV_WRITE + "A(%r,%r)\n" % (stubm.POINTER, _b64(slot.encode())), t_step)
+        pen.soft_reset(t_step)
+        pen.close()
+        pen = None
+        ping(port, t_boot)
+    except (_Gone, FlashError, LinkError) as exc:
+        return ("the new firmware does not start (%s), and switching back to the previous firmware "
+                "(slot %s) failed too (%s): fix the firmware and run `penctl flash` again"
+                % (why.reason, slot, getattr(exc, "message", exc)))
+    finally:
+        if pen is not None:
+            pen.close()
+    return ("the new firmware does not start (%s): the pen was switched back to its previous firmware "
+            "(slot %s), which runs; fix the firmware and run `penctl flash` again" % (why.reason, slot))
 
 
 def _gone_message(stage: str, port: str, exc: Exception) -> str:
