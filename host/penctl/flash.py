@@ -430,16 +430,22 @@ class NotStarted(FlashError):
 
 
 class _RawRepl:
-    """mpremote's SerialTransport with timeouts everywhere and errors turned into _Gone."""
+    """The raw REPL over mpremote's SerialTransport: its port handling (exclusive open, RTS/DTR) and
+    byte sequences (Ctrl-C/Ctrl-A entry, raw-paste with flow control, Ctrl-B/Ctrl-D), but buffered
+    bulk reads and bounded waits: mpremote reads one byte per call, polls non-pty ports every 10 ms
+    and waits up to 10 s per phase, and a pen that lost power must be noticed in TIMEOUT_SILENT."""
+
+    RAW_BANNER = b"raw REPL; CTRL-B to exit\r\n"
 
     def __init__(self, port: str):
         self.port = port
+        self.buf = bytearray()
         if "://" not in port and not os.path.exists(port):
             raise LinkError("no such port %s: check --port / PENCTL_PORT (is the pen plugged in, "
                             "or `penctl sim` running?)" % port)
         try:
-            with contextlib.redirect_stdout(io.StringIO()):
-                self.t = SerialTransport(port, baudrate=BAUDRATE, timeout=TIMEOUT_SILENT)
+            with contextlib.redirect_stdout(io.StringIO()):  # it prints while it retries
+                self.t = SerialTransport(port, baudrate=BAUDRATE, timeout=0.05)
         except (TransportError, OSError, ValueError) as exc:
             reason = exc
             try:  # the reason mpremote swallowed
@@ -448,6 +454,7 @@ class _RawRepl:
                 reason = exc2
             raise LinkError("cannot open %s (%s): is another program (mpremote, a terminal, another "
                             "penctl) holding it? check --port / PENCTL_PORT" % (port, reason)) from None
+        self.ser = self.t.serial
 
     def close(self):
         try:
@@ -455,71 +462,96 @@ class _RawRepl:
         except OSError:
             pass
         with contextlib.suppress(Exception):
-            self.t.serial.close()  # ... and then the port would stay open and locked
+            self.ser.close()  # ... and then the port would stay open and locked
 
-    def enter(self, timeout: float):
+    def _fill(self, deadline: float, silent_since: float) -> float:
+        """Read what has arrived into self.buf (blocking up to the port timeout for one byte)."""
         try:
-            with contextlib.redirect_stdout(io.StringIO()):
-                self.t.enter_raw_repl(soft_reset=False, timeout_overall=timeout)
-        except (TransportError, OSError, struct.error) as exc:
+            chunk = self.ser.read(self.ser.in_waiting or 1)
+        except (OSError, serial.SerialException) as exc:
             raise _Gone(str(exc)) from None
+        now = time.monotonic()
+        if chunk:
+            self.buf += chunk
+            return now
+        if now - silent_since > TIMEOUT_SILENT:
+            raise _Gone("the pen has been silent for %.1f s" % TIMEOUT_SILENT)
+        if now > deadline:
+            raise _Gone("step not finished in time")
+        return silent_since
 
     def _read_until(self, ending: bytes, deadline: float) -> bytes:
-        """Bytes up to and including `ending`; _Gone if the pen is silent for TIMEOUT_SILENT or the
-        deadline passes (mpremote's own waits are up to 10 s each and not configurable)."""
-        data = self.t.read_until(1, ending, timeout=TIMEOUT_SILENT,
-                                 timeout_overall=max(0.0, deadline - time.monotonic()))
-        if not data.endswith(ending):
-            raise _Gone("no %r from the pen (got %r)" % (ending, data[-40:]))
-        return data
+        """Bytes up to and including `ending`."""
+        since = time.monotonic()
+        while True:
+            i = self.buf.find(ending)
+            if i >= 0:
+                out = bytes(self.buf[:i + len(ending)])
+                del self.buf[:i + len(ending)]
+                return out
+            since = self._fill(deadline, since)
+
+    def _read(self, n: int, deadline: float) -> bytes:
+        since = time.monotonic()
+        while len(self.buf) < n:
+            since = self._fill(deadline, since)
+        out = bytes(self.buf[:n])
+        del self.buf[:n]
+        return out
+
+    def _write(self, data: bytes):
+        try:
+            self.ser.write(data)
+        except (OSError, serial.SerialException) as exc:
+            raise _Gone(str(exc)) from None
+
+    def enter(self, timeout: float):
+        """Ctrl-C (stops the firmware; it stops the motor first), then Ctrl-A: the raw REPL."""
+        deadline = time.monotonic() + timeout
+        self._write(b"\r\x03")
+        with contextlib.suppress(OSError, serial.SerialException):
+            self.ser.reset_input_buffer()   # whatever the firmware was sending
+        self.buf.clear()
+        self._write(b"\r\x01")
+        self._read_until(self.RAW_BANNER, deadline)
+        self._read_until(b">", deadline)
 
     def _raw_paste(self, code: bytes, deadline: float):
-        """mpremote's raw-paste exchange (SerialTransport.exec_raw_no_follow), with bounded waits."""
-        ser = self.t.serial
-        self._read_until(b">", deadline)
-        ser.write(b"\x05A\x01")
-        head = ser.read(2)
+        """mpremote's raw-paste exchange (SerialTransport.raw_paste_write)."""
+        self._write(b"\x05A\x01")
+        head = self._read(2, deadline)
         if head == b"R\x00":
             raise FlashError("the pen's REPL does not support raw-paste mode: it needs MicroPython 1.13 "
                              "or later")
         if head != b"R\x01":
             raise _Gone("no raw-paste answer (got %r)" % head)
-        window = ser.read(2)
-        if len(window) != 2:
-            raise _Gone("no raw-paste window size")
-        size = remain = struct.unpack("<H", window)[0]
+        size = remain = struct.unpack("<H", self._read(2, deadline))[0]
         i = 0
         while i < len(code):
-            while remain == 0 or ser.in_waiting:
-                b = ser.read(1)
+            while remain == 0 or self.buf or self.ser.in_waiting:
+                b = self._read(1, deadline)
                 if b == b"\x01":
                     remain += size
                 elif b == b"\x04":
-                    ser.write(b"\x04")  # the pen ended the paste early (e.g. memory): acknowledge
+                    self._write(b"\x04")  # the pen ended the paste early (e.g. memory): acknowledge
                     raise FlashError("the pen aborted receiving a flash step (out of memory?): "
                                      "lower penctl.flash.WRITE_BATCH_BYTES")
-                elif not b:
-                    raise _Gone("raw-paste flow control stopped")
                 else:
                     raise _Gone("unexpected %r during raw paste" % b)
-                if time.monotonic() > deadline:
-                    raise _Gone("raw paste too slow")
             piece = code[i:i + remain]
-            ser.write(piece)
+            self._write(piece)
             remain -= len(piece)
             i += len(piece)
-        ser.write(b"\x04")
+        self._write(b"\x04")
         self._read_until(b"\x04", deadline)
 
     def exec(self, code: str, timeout: float) -> str:
         """Run code in the raw REPL; its stdout, or FlashError with the pen's exception."""
         deadline = time.monotonic() + timeout
-        try:
-            self._raw_paste(code.encode(), deadline)
-            out = self._read_until(b"\x04", deadline)[:-1]
-            err = self._read_until(b"\x04", deadline)[:-1]
-        except (TransportError, OSError, struct.error) as exc:
-            raise _Gone(str(exc)) from None
+        self._raw_paste(code.encode(), deadline)
+        out = self._read_until(b"\x04", deadline)[:-1]
+        err = self._read_until(b"\x04", deadline)[:-1]
+        self._read_until(b">", deadline)   # ready for the next one
         if err.strip():
             text = err.decode(errors="replace").strip()
             last = text.splitlines()[-1]
@@ -529,14 +561,10 @@ class _RawRepl:
 
     def soft_reset(self, timeout: float):
         """Ctrl-B (friendly REPL), Ctrl-D (soft reboot: runs main.py, i.e. the firmware)."""
-        try:
-            self.t.exit_raw_repl()
-            self.t.serial.write(b"\x04")
-            data = self.t.read_until(1, b"soft reboot\r\n", timeout=TIMEOUT_SILENT, timeout_overall=timeout)
-        except (TransportError, OSError) as exc:
-            raise _Gone(str(exc)) from None
-        if not data.endswith(b"soft reboot\r\n"):
-            raise _Gone("no soft reboot")
+        deadline = time.monotonic() + timeout
+        self._write(b"\r\x02")
+        self._write(b"\x04")
+        self._read_until(b"soft reboot\r\n", deadline)
 
 
 def _version_of(line: bytes) -> int | None:
