@@ -19,7 +19,8 @@ _REC_LOCKOUT = "lockout"
 _REC_CARTRIDGES = "cartridges"
 _REC_PROFILES = "profiles"
 _LOG_PREFIX = "log-"
-_LOG_PAGE_MAX = 4          # log entries per response frame (FRAME_MAX)
+_LOG_PAGE_MAX = 4          # log entries per response frame
+_LOG_PAGE_BYTES = 1600     # ... and at most this much of it (FRAME_MAX with room for the envelope)
 _REASON_MAX = 64
 
 
@@ -273,7 +274,13 @@ class App:
         if kind != wire.KIND_REQUEST:
             self._reply_error(num, wire.E_FRAME_SYNTAX, "the pen only accepts requests")
             return
-        self._send(wire.encode(wire.KIND_RESPONSE, num, self.handle_request(body)))
+        try:
+            frame = wire.encode(wire.KIND_RESPONSE, num, self.handle_request(body))
+        except ValueError:
+            # Never crash on an oversized answer: say so (handlers page their output).
+            frame = wire.encode(wire.KIND_RESPONSE, num, {"ok": False, "code": "RESPONSE_TOO_LONG",
+                                                          "msg": "answer exceeds %d bytes" % lim.FRAME_MAX})
+        self._send(frame)
 
     def handle_request(self, body):
         """Response body for a request body (also used directly by tests)."""
@@ -491,10 +498,14 @@ class App:
         count = min(count, _LOG_PAGE_MAX)
         first = max(start, self.log_next - lim.LOG_MAX_ENTRIES, 0)
         entries = []
+        size = 0
         entry_id = first
         while entry_id < self.log_next and len(entries) < count:
             entry = self.store.read(_LOG_PREFIX + str(entry_id % lim.LOG_MAX_ENTRIES))
             if entry is not None and entry.get("id") == entry_id:
+                size += len(wire.dumps(entry)) + 2
+                if entries and size > _LOG_PAGE_BYTES:
+                    break                   # the rest goes in the next page
                 entries.append(entry)
             entry_id += 1
         return {"entries": entries, "next": entry_id, "end": self.log_next}

@@ -73,7 +73,7 @@ TELEMETRY_PERIOD_MS = const(20)    # 50 Hz
 TELEMETRY_RING = const(64)         # samples kept
 
 # --- wire ---
-FRAME_MAX = const(1024)            # bytes per frame, newline excluded
+FRAME_MAX = const(2048)            # bytes per frame, newline excluded (16 profiles fit one reply)
 RX_BYTES_PER_PASS = const(64)      # bounded protocol work per loop pass
 
 
