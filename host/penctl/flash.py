@@ -1,27 +1,30 @@
 """`penctl flash`: compile the firmware to .mpy and deploy it to a pen, atomically.
 
-Layout on the pen (see firmware/boot_stub.py, which is the pen's /main.py):
+Layout on the pen (firmware/boot_stub.py is the pen's /main.py and reads it):
 
     main.py             the boot stub (stable; rewritten only when it differs)
     fw/a/, fw/b/        two firmware slots: main.mpy, pen/*.mpy, boards/*.mpy
-    fw/<slot>/complete  written last, after the slot's hashes were verified
+    fw/<slot>/complete  written last, after the slot's hashes were verified (its generation)
     fw/active           "a" or "b", replaced atomically (temp file + os.rename)
 
-Procedure (one raw-REPL session through mpremote's SerialTransport):
+Procedure (one raw-REPL session on mpremote's SerialTransport):
 
 1. compile every firmware .py except the boot stub with mpy-cross (bytecode only, no -march:
    the same .mpy loads on the RP2040 and on the unix-port virtual pen), cached by content;
 2. Ctrl-C into the raw REPL (the firmware stops the motor on KeyboardInterrupt), then ONE exec
-   that prints the sha256 of every file in both slots, both markers, the pointer and main.py;
-3. the slot the stub would boot is left alone; the other one is the staging slot. Its marker is
-   removed first, then only the files whose hash differs are written (base64, a few large execs,
-   raw-paste flow control), stale files removed;
-4. ONE exec re-hashes the staging slot; only if it matches the build exactly: marker, pointer and
-   (if it differs) main.py are written, each as temp file + rename;
+   that prints the sha256 of every file in both slots, both markers, the pointer, main.py's hash
+   and the .mpy version the pen loads (a mismatch stops here, before any write);
+3. the slot the stub would boot now is never touched; the other one is staged: its marker goes
+   first, then stale files; files it lacks that the booting slot has identical are copied on the
+   pen; only the rest travels over the link (base64, WRITE_BATCH_BYTES per exec, raw-paste flow
+   control);
+4. ONE exec re-hashes the staging slot; only if it equals the build: marker, pointer and (if it
+   differs) main.py are written, each as temp file + rename;
 5. Ctrl-B, Ctrl-D: soft reset into the firmware; the port is reopened and a ping frame must be
-   answered with this penctl's protocol version.
+   answered with this penctl's protocol version. A firmware that does not start (the pen sits at
+   the REPL) is switched back to the previous slot, and the FlashError says so.
 
-Nothing changed (the booting slot equals the build, pointer and stub in place): no write, just
+Nothing changed (the booting slot equals the build, pointer and stub in place): no write, only
 steps 2 and 5. A power cut at any instant leaves the pen booting its previous firmware (or, on a
 pen that had none, sitting at the REPL); running `penctl flash` again completes the job.
 """
