@@ -406,3 +406,22 @@ def test_a_firmware_that_does_not_start_is_rolled_back(tmp_path):
         assert flash.ping(vp.port, 10) == limits.PROTOCOL_VERSION      # the previous firmware runs
         rep = flash.flash_firmware(vp.port)                           # and stays: nothing to do
         assert rep["slot"] == "a" and not rep["changed"]
+
+
+@needs_pen
+def test_host_interrupt_mid_flash_resumes_the_previous_firmware(tmp_path, monkeypatch):
+    monkeypatch.setattr(flash, "WRITE_BATCH_BYTES", 2048)
+    state = tmp_path / "state"
+    with VirtualPen(state_dir=state, clock="real", blank=True) as vp:
+        flash.flash_firmware(vp.port)
+        src = firmware_copy(tmp_path)
+        add_comment_line(src / "pen" / "app.py")
+
+        def progress(stage, done, total):
+            if stage == "write" and 0 < done < total:
+                raise KeyboardInterrupt
+
+        with pytest.raises(KeyboardInterrupt):
+            flash.flash_firmware(vp.port, source_dir=src, progress=progress)
+        assert flash.ping(vp.port, 10) == limits.PROTOCOL_VERSION   # not left in the raw REPL
+        assert (state / "fw" / "active").read_text() == "a"

@@ -579,6 +579,12 @@ class _RawRepl:
         self._write(b"\x04")
         self._read_until(b"soft reboot\r\n", deadline)
 
+    def resume(self):
+        """Best effort after a failure: Ctrl-C (ends a raw paste in progress), then soft reset."""
+        with contextlib.suppress(Exception):
+            self._write(b"\r\x03")
+            self.soft_reset(1.0)
+
 
 def _version_of(line: bytes) -> int | None:
     """The protocol version in a frame header "@VER,..." (even of a frame this penctl cannot decode)."""
@@ -720,6 +726,11 @@ def flash_firmware(port: str, source_dir: Path | str | None = None, progress: Pr
         pen.soft_reset(t_step)
     except _Gone as exc:
         raise FlashError(_gone_message(stage, port, exc)) from None
+    except BaseException:
+        # Refused or interrupted (FlashError, Ctrl-C on the host): do not leave the pen idle in the
+        # raw REPL; a soft reset boots whatever fw/active names, which is always complete.
+        pen.resume()
+        raise
     finally:
         pen.close()
     try:
