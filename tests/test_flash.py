@@ -425,3 +425,11 @@ def test_host_interrupt_mid_flash_resumes_the_previous_firmware(tmp_path, monkey
             flash.flash_firmware(vp.port, source_dir=src, progress=progress)
         assert flash.ping(vp.port, 10) == limits.PROTOCOL_VERSION   # not left in the raw REPL
         assert (state / "fw" / "active").read_text() == "a"
+
+
+def test_a_stub_that_does_not_compile_is_not_flashed(tmp_path):
+    src = firmware_copy(tmp_path)
+    (src / "boot_stub.py").write_text((src / "boot_stub.py").read_text() + "\nif True\n")
+    with pytest.raises(UsageError) as err:
+        flash.flash_firmware("/dev/nonexistent-pen", source_dir=src)
+    assert "boot_stub.py" in err.value.message

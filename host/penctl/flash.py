@@ -163,31 +163,32 @@ def compile_firmware(source_dir: Path | str | None = None, cache_dir: Path | str
     compiler = _mpy_cross()
     st = os.stat(compiler)
     compiler_id = f"{compiler}\0{st.st_size}\0{st.st_mtime_ns}\0".encode()
-    rels = firmware_sources(src)
-    jobs = []     # (rel, cached output path, process or None)
+    # The stub goes to the pen as source, but is compiled too: a stub with a syntax error must not.
+    rels = firmware_sources(src) + [Path(STUB_NAME)]
+    jobs = []     # (rel, cached output, temp output, mpy-cross process or None if cached)
     for rel in rels:
         source = (src / rel).read_bytes()
         key = hashlib.sha256(compiler_id + rel.as_posix().encode() + b"\0" + source).hexdigest()
         out = cache / (key + ".mpy")
+        tmp = cache / (key + ".tmp%d" % os.getpid())
         proc = None
         if not out.exists():
-            tmp = cache / (key + ".tmp%d" % os.getpid())
             # -s: the name tracebacks show; no -march: bytecode only, loads on every port
             proc = subprocess.Popen([compiler, "-s", rel.as_posix(), "-o", str(tmp), str(src / rel)],
                                     stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-            proc.tmp = tmp  # type: ignore[attr-defined]
-        jobs.append((rel, out, proc))
+        jobs.append((rel, out, tmp, proc))
     files = []
     failures = []
-    for done, (rel, out, proc) in enumerate(jobs, 1):
+    for done, (rel, out, tmp, proc) in enumerate(jobs, 1):
         if proc is not None:
             text = proc.communicate()[0].decode(errors="replace").strip()
             if proc.returncode != 0:
                 failures.append("%s: %s" % (rel.as_posix(), text or "mpy-cross failed"))
                 continue
-            os.replace(proc.tmp, out)  # type: ignore[attr-defined]
-        data = out.read_bytes()
-        files.append(Built(rel.with_suffix(".mpy").as_posix(), data, hashlib.sha256(data).hexdigest()))
+            os.replace(tmp, out)
+        if rel.as_posix() != STUB_NAME:
+            data = out.read_bytes()
+            files.append(Built(rel.with_suffix(".mpy").as_posix(), data, hashlib.sha256(data).hexdigest()))
         if progress:
             progress("compile", done, len(jobs))
     if failures:
@@ -202,8 +203,8 @@ def compile_firmware(source_dir: Path | str | None = None, cache_dir: Path | str
 # boot stub module, so the host writes exactly the layout the stub reads.
 
 # Prints, tab-separated, one line each: "F slot relpath sha256" for every file of a slot,
-# "D slot relpath" for every folder, "G slot marker-text"; the full hash adds "P pointer-text" and
-# "S sha256-of-main.py". "-" stands for a missing file.
+# "D slot relpath" for every folder, "G slot marker-text"; the full hash adds "P pointer-text",
+# "S sha256-of-main.py" and "V mpy-version-the-pen-loads". "-" stands for a missing file.
 _DEV_HASH = """\
 import os,hashlib,binascii
 os.chdir('/')
