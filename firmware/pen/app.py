@@ -56,7 +56,7 @@ class App:
         self.ticks = 0
         self.session = None        # log entry of the running session
         self.last_steril = {"result": "none", "reason": "NONE"}
-        self.deadline = board.ticks_us()
+        self._sync_clock()
         self._load()
         self.ctl.start_homing()
 
@@ -113,8 +113,14 @@ class App:
 
     # ---- loop ----
 
-    def run(self):
+    def _sync_clock(self):
+        # Pen time (ms) is the board clock at each tick's deadline: the rig's plant
+        # times and the pen's event times are on one scale. tick() adds 1 first.
         self.deadline = self.board.ticks_us()
+        self.ctl.now_ms = self.deadline // lim.TICK_US - 1
+
+    def run(self):
+        self._sync_clock()
         try:
             while True:
                 self.step()
