@@ -37,7 +37,6 @@ import hashlib
 import importlib.util
 import io
 import os
-import secrets
 import shutil
 import struct
 import subprocess
@@ -52,15 +51,16 @@ import serial
 from mpremote.transport import TransportError
 from mpremote.transport_serial import SerialTransport
 
-from pen import limits, wire
-from penctl.errors import FlashError, LinkError, UsageError
+from pen import limits
+from penctl.errors import FlashError, LinkError, ProtocolError, UsageError
+from penctl.transport import SerialLink
 
 # ---- tunables (seconds / bytes); module constants so tests and callers can override them ----
 TIMEOUT_SILENT = 3.0     # the pen silent this long in the middle of a step: it is gone
 TIMEOUT_RAW_REPL = 5.0   # Ctrl-C until the raw REPL prompt
 TIMEOUT_STEP = 30.0      # one device-side step (hashing, writing a batch, verifying), overall
 TIMEOUT_BOOT = 10.0      # soft reset until the firmware answers a ping
-PING_INTERVAL = 0.2      # resend the ping this often while the firmware boots
+PING_FIRST_WAIT = 0.05   # the first ping's wait for an answer after the reset (doubles up to 1 s)
 WRITE_BATCH_BYTES = 8192  # file bytes per write exec (~11 KB of base64 source: fits an RP2040 heap)
 BAUDRATE = 115200        # USB-CDC ignores it; kept for real UARTs
 
@@ -587,76 +587,48 @@ class _RawRepl:
             self.soft_reset(1.0)
 
 
-def _version_of(line: bytes) -> int | None:
-    """The protocol version in a frame header "@VER,..." (even of a frame this penctl cannot decode)."""
-    head = line[1:line.find(b",")] if line.startswith(b"@") and b"," in line else b""
-    return int(head) if head.isdigit() else None
-
-
 def ping(port: str, timeout: float) -> int:
-    """Open the port as the pen protocol; the protocol version of a ping response (FlashError if none)."""
+    """After the reset: the pen protocol (penctl.transport.SerialLink) until the firmware answers a
+    ping; returns its protocol version. NotStarted if no firmware comes up (the pen sits at the REPL,
+    or stays silent), FlashError if it speaks another protocol version."""
     deadline = time.monotonic() + timeout
+    link = SerialLink(port)
     while True:
         try:
-            link = serial.serial_for_url(port, baudrate=BAUDRATE, timeout=0.05, exclusive=True)
+            link.open()
             break
-        except (OSError, ValueError) as exc:  # e.g. a USB pen re-enumerating after the reset
+        except LinkError as exc:  # e.g. a USB pen re-enumerating after the reset
             if time.monotonic() > deadline:
                 raise FlashError("the firmware was flashed but %s cannot be reopened to check it (%s)"
-                                 % (port, exc)) from None
+                                 % (port, exc.message)) from None
             time.sleep(0.05)
-    num = secrets.randbelow(65000) + 1
-    frame = b"\n" + wire.encode(wire.KIND_REQUEST, num, {"op": "ping"})
-    buf = b""
-    seen = b""
-    next_ping = 0.0
-    pinged_since_frame = False
+    # A ping that arrives while the firmware is still starting may be lost with the REPL it
+    # replaces: ask again soon, then less and less often (a loaded machine answers slowly).
+    wait = PING_FIRST_WAIT
     try:
         while True:
-            now = time.monotonic()
-            if now >= deadline:
-                tail = seen.decode(errors="replace").strip().splitlines()[-3:]
-                raise NotStarted("no answer to a ping within %.0f s of the reset%s" % (
-                    timeout, ("; it printed: " + " | ".join(tail)) if tail else ""))
-            if now >= next_ping:
-                link.write(frame)
-                next_ping = now + PING_INTERVAL
-            chunk = link.read(max(1, link.in_waiting))
-            if not chunk:
+            try:
+                reply = link.request({"op": "ping"}, timeout=max(0.01, min(wait, deadline - time.monotonic())))
+            except ProtocolError:
+                raise FlashError("the flashed firmware speaks protocol %s, this penctl speaks %d: flash "
+                                 "firmware from the same release as penctl"
+                                 % (link.foreign_version, PROTOCOL_VERSION)) from None
+            except LinkError as exc:
+                if link.at_repl():
+                    crash = link._last_exception()
+                    raise NotStarted("the pen is at the REPL" + (": " + crash if crash else "")) from None
+                if not link.is_open:
+                    raise FlashError("the pen went away right after the reset (%s)" % exc.message) from None
+                if time.monotonic() >= deadline:
+                    recent = [line for line in link.recent if line.strip()][-3:]
+                    raise NotStarted("no answer to a ping within %.0f s of the reset%s"
+                                     % (timeout, ("; it printed: " + " | ".join(recent)) if recent else "")) from None
+                wait = min(wait * 2, 1.0)
                 continue
-            seen = (seen + chunk)[-2000:]
-            buf += chunk
-            if b">>> " in seen or b"raw REPL" in seen:
-                tail = seen.decode(errors="replace").strip().splitlines()
-                why = [ln for ln in tail if "Error" in ln or "error" in ln]
-                raise NotStarted("the pen is at the REPL%s" % ((": " + why[-1].strip()) if why else ""))
-            while b"\n" in buf:
-                line, buf = buf.split(b"\n", 1)
-                line = line.strip(b"\r")
-                if not line.startswith(b"@"):
-                    continue
-                # The firmware is up (a ping sent while it was still starting can be lost with
-                # the REPL it replaced): ask again now rather than at the next interval.
-                if not pinged_since_frame:
-                    link.write(frame)
-                    pinged_since_frame = True
-                    next_ping = time.monotonic() + PING_INTERVAL
-                version = _version_of(line)
-                if version is not None and version != PROTOCOL_VERSION:
-                    raise FlashError("the flashed firmware speaks protocol %d, this penctl speaks %d: "
-                                     "flash firmware from the same release as penctl" % (version, PROTOCOL_VERSION))
-                try:
-                    kind, got, body = wire.decode(line)
-                except wire.WireError:
-                    continue
-                if kind == wire.KIND_RESPONSE and got == num:
-                    proto = body.get("protocol")
-                    if body.get("ok") is not True or proto != PROTOCOL_VERSION:
-                        raise FlashError("the flashed firmware answered the ping with %r, expected protocol %d"
-                                         % (body, PROTOCOL_VERSION))
-                    return proto
-    except (OSError, serial.SerialException) as exc:
-        raise FlashError("the pen went away right after the reset (%s)" % exc) from None
+            if reply.get("ok") is not True or reply.get("protocol") != PROTOCOL_VERSION:
+                raise FlashError("the flashed firmware answered the ping with %r, expected protocol %d"
+                                 % (reply, PROTOCOL_VERSION))
+            return PROTOCOL_VERSION
     finally:
         link.close()
 
