@@ -653,14 +653,16 @@ def flash_firmware(port: str, source_dir: Path | str | None = None, progress: Pr
     build = compile_firmware(source_dir, progress=report)
     stubm = build.stub_module
     pen = _RawRepl(port)
-    stage = "connect"
     try:
-        try:
-            pen.enter(t_raw)
-        except _Gone:
-            raise LinkError("no MicroPython REPL answered on %s within %.0f s: is it the pen's port? "
-                            "(unplug and replug the pen, or check --port / PENCTL_PORT)" % (port, t_raw)) from None
-        stage = "hash"
+        pen.enter(t_raw)
+    except BaseException as exc:
+        pen.close()
+        if not isinstance(exc, _Gone):
+            raise
+        raise LinkError("no MicroPython REPL answered on %s within %.0f s: is it the pen's port? "
+                        "(unplug and replug the pen, or check --port / PENCTL_PORT)" % (port, t_raw)) from None
+    stage = "hash"
+    try:
         report("hash", 0, 1)
         state = parse_hashes(pen.exec(_dev_hash(stubm, stubm.SLOTS, True), t_step), stubm)
         report("hash", 1, 1)
@@ -752,7 +754,6 @@ def _roll_back(port: str, stubm, slot: str, why: NotStarted, t_raw: float, t_ste
 
 def _gone_message(stage: str, port: str, exc: Exception) -> str:
     what = {
-        "connect": "entering the REPL",
         "hash": "reading its files",
         "write": "writing the new firmware",
         "verify": "verifying the new firmware",
