@@ -339,3 +339,63 @@ def test_flash_blank_pen_then_info():
         again = run("flash", port=pen.port, json_out=False, timeout=120)
         assert again.rc == 0 and "up to date" in again.stdout, again
         assert ok(run("info", port=pen.port))["firmware"]
+
+
+def wait_motor(vpen, on=True, timeout=20):
+    """Wait on the rig (the port is busy while a `session run` holds it) for the stroke motor."""
+    deadline = time.monotonic() + timeout
+    while rig(vpen, {"op": "measure"})["motor_on"] is not on:
+        assert time.monotonic() < deadline, "motor never %s" % ("on" if on else "off")
+        time.sleep(0.02)
+
+
+def _start(port, *args):
+    return subprocess.Popen(PENCTL + ["--port", port, "--json"] + [str(a) for a in args],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def test_session_run_ends_time_limit_fault_and_interrupt(fresh_pen, tmp_path):
+    port = fresh_pen.port
+    profiles = tmp_path / "p.toml"
+    profiles.write_text('[[profile]]\nname = "short"\ndepth_mm = 0.25\nstroke_hz = 150\nmax_session_s = 10\n'
+                        '[[profile]]\nname = "long"\ndepth_mm = 2.5\nstroke_hz = 50\nmax_session_s = 1800\n')
+    ok(run("profile", "push", profiles, port=port))
+
+    # S8: the pen ends the session at max_session_s, before --seconds; that is a normal end.
+    ok(run("sterilise", port=port))
+    rig(fresh_pen, {"op": "cartridge", "id": "A1"})
+    result = ok(run("session", "run", "--seconds", "60", "--profile", "short", port=port))
+    assert result["end_reason"] == "TIME_LIMIT" and abs(result["duration_s"] - 10) < 0.1
+    assert result["rows"][-1]["t_s"] - result["rows"][0]["t_s"] < 12
+
+    # A fault ends it early: exit 1, the recording is still written.
+    ok(run("sterilise", port=port))
+    rig(fresh_pen, {"op": "cartridge", "id": "A2"})
+    csv_path = tmp_path / "fault.csv"
+    proc = _start(port, "session", "run", "--seconds", "1800", "--profile", "long", "--csv", csv_path)
+    wait_motor(fresh_pen)
+    busy = run("info", port=port)
+    assert busy.rc == 3 and "in use by another program" in busy.stderr, busy
+    rig(fresh_pen, {"op": "inject", "fault": "overcurrent"})
+    stdout, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 1, (stdout, stderr)
+    error = json.loads(stdout)["error"]
+    assert error["code"] == "FAULT" and "OVERCURRENT" in error["message"] and "OVERCURRENT" in stderr
+    assert csv_path.read_text().startswith(",".join(TM_HEADER))
+    rig(fresh_pen, {"op": "clear_injections"})
+    ok(run("fault", "clear", "--reason", "test rig short removed", port=port))
+    wait_state(fresh_pen, ("LOCKED",))
+
+    # Ctrl-C (SIGINT) stops the session before penctl exits.
+    ok(run("sterilise", port=port))
+    rig(fresh_pen, {"op": "cartridge", "id": "A3"})
+    proc = _start(port, "session", "run", "--seconds", "1800", "--profile", "long")
+    wait_motor(fresh_pen)
+    proc.send_signal(signal.SIGINT)
+    stdout, stderr = proc.communicate(timeout=30)
+    assert proc.returncode == 130, (stdout, stderr)
+    assert json.loads(stdout)["error"]["code"] == "INTERRUPTED"
+    assert ok(run("info", port=port))["state"] == "LOCKED"
+    sessions = [e for e in ok(run("log", port=port))["entries"] if e["kind"] == "session"]
+    assert [(s["cartridge"], s["end"]) for s in sessions] == [("A1", "TIME_LIMIT"), ("A2", "FAULT"),
+                                                             ("A3", "STOPPED")]

@@ -88,6 +88,9 @@ class SerialLink:
         try:
             self._serial = serial.serial_for_url(self.port, **kwargs)
         except (serial.SerialException, ValueError, OSError) as exc:
+            if "exclusively lock" in str(exc) or isinstance(exc.__context__, BlockingIOError):
+                raise LinkError("cannot open %s: the port is in use by another program (another penctl, "
+                                "a terminal or mpremote?): close it and try again" % self.port) from None
             raise LinkError("cannot open %s: %s. Check the cable and the port name "
                             "(pass --port or set PENCTL_PORT; `penctl sim` prints the port of a virtual pen)"
                             % (self.port, _os_reason(exc))) from None
