@@ -11,6 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from pen import wire
+from pen.limits import FRAME_MAX
 from penctl.errors import LinkError, ProtocolError
 from penctl.transport import SerialLink
 
@@ -68,7 +69,7 @@ def test_numbers_wrap_and_floats_are_refused():
     (b'1,Q,1,{"op": "ping"}*0757b4bb', wire.E_FRAME_SYNTAX),
     (b'@1,Q,1,{"op":\x01"ping"}*0757b4bb', wire.E_FRAME_CHARS),
     (b'@1,Q,1,{"op": "p\xc3\xa9"}*00000000', wire.E_FRAME_CHARS),
-    (b"@" + b"x" * 2000 + b"*00000000", wire.E_FRAME_LONG),
+    (b"@" + b"x" * FRAME_MAX + b"*00000000", wire.E_FRAME_LONG),
     (_frame('2,Q,1,{"op": "ping"}'), wire.E_FRAME_VERSION),
     (_frame('1,X,1,{"op": "ping"}'), wire.E_FRAME_SYNTAX),
     (_frame('1,Q,65536,{"op": "ping"}'), wire.E_FRAME_SYNTAX),
@@ -89,7 +90,7 @@ def test_decode_rejects_non_bytes():
 
 
 @settings(max_examples=800, deadline=None)
-@given(st.binary(max_size=1200))
+@given(st.binary(max_size=FRAME_MAX + 200))
 def test_fuzz_decode_raw_bytes_only_wire_errors(data):
     try:
         wire.decode(data)
