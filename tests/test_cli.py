@@ -399,3 +399,43 @@ def test_session_run_ends_time_limit_fault_and_interrupt(fresh_pen, tmp_path):
     sessions = [e for e in ok(run("log", port=port))["entries"] if e["kind"] == "session"]
     assert [(s["cartridge"], s["end"]) for s in sessions] == [("A1", "TIME_LIMIT"), ("A2", "FAULT"),
                                                              ("A3", "STOPPED")]
+
+
+class _FakePort:
+    def __init__(self, device, vid=0x2E8A, pid=0x0005, serial_number=None):
+        self.device, self.vid, self.pid = device, vid, pid
+        self.serial_number = serial_number
+        self.description = "Board in FS mode"
+
+
+@pytest.mark.parametrize("ports,rc,words", [
+    ([], 3, ["no pen found", "2e8a:0005", "--port", "PENCTL_PORT"]),
+    ([_FakePort("/dev/ttyACM0", serial_number="E6614"), _FakePort("/dev/ttyACM1", serial_number="E6615"),
+      _FakePort("/dev/ttyUSB0", vid=0x0403, pid=0x6001)], 2,
+     ["2 pens are attached", "/dev/ttyACM0, serial E6614", "/dev/ttyACM1", "--port", "PENCTL_PORT"]),
+])
+def test_auto_detect_none_or_several(monkeypatch, capsys, ports, rc, words):
+    from serial.tools import list_ports
+
+    from penctl import cli
+
+    monkeypatch.delenv("PENCTL_PORT", raising=False)
+    monkeypatch.setattr(list_ports, "comports", lambda: ports)
+    assert cli.main(["--json", "info"]) == rc
+    captured = capsys.readouterr()
+    assert json.loads(captured.out)["ok"] is False
+    for word in words:
+        assert word in captured.err
+    assert "/dev/ttyUSB0" not in captured.err
+
+
+def test_auto_detect_single_pen(monkeypatch, capsys, vpen):
+    from serial.tools import list_ports
+
+    from penctl import cli
+
+    monkeypatch.delenv("PENCTL_PORT", raising=False)
+    monkeypatch.setattr(list_ports, "comports",
+                        lambda: [_FakePort(vpen.port), _FakePort("/dev/ttyUSB0", vid=0x0403, pid=0x6001)])
+    assert cli.main(["--json", "info"]) == 0
+    assert json.loads(capsys.readouterr().out)["serial"] == vpen.serial

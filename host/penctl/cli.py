@@ -579,6 +579,7 @@ def main(argv=None):
     # --json is known before parsing, so that even usage errors answer in JSON.
     json_guess = "--json" in argv[:_command_index(argv)]
     out = Out(json_guess)
+    saved = {}
     try:
         try:
             args = parser.parse_args(argv)
@@ -586,8 +587,12 @@ def main(argv=None):
             return int(exc.code or 0)
         out = Out(args.json)
         if args.command != "sim":
-            _stop_on_signals()
-        return COMMANDS[args.command](args, out)
+            saved = _stop_on_signals()
+        try:
+            return COMMANDS[args.command](args, out)
+        finally:
+            for sig, handler in saved.items():
+                signal.signal(sig, handler)
     except PenctlError as exc:
         out.error(exc)
         return exc.exit_code
@@ -603,14 +608,17 @@ def _raise_interrupt(signum, frame):
 
 
 def _stop_on_signals():
-    """SIGTERM / SIGHUP behave like Ctrl-C: a running `session run` stops the motor before exiting."""
+    """SIGTERM / SIGHUP behave like Ctrl-C: a running `session run` stops the motor before exiting.
+    Returns the previous handlers (main() restores them: it may run inside another program)."""
+    saved = {}
     for name in ("SIGTERM", "SIGHUP"):
         sig = getattr(signal, name, None)
         if sig is not None:
             try:
-                signal.signal(sig, _raise_interrupt)
+                saved[sig] = signal.signal(sig, _raise_interrupt)
             except (ValueError, OSError):    # not the main thread
                 pass
+    return saved
 
 
 def _command_index(argv):

@@ -189,7 +189,9 @@ class SerialLink:
                 return ser.read(waiting)
             if wait <= 0:
                 return b""
-            ser.timeout = min(wait, self.POLL_S)
+            wait = min(wait, self.POLL_S)
+            if ser.timeout != wait:
+                ser.timeout = wait     # pyserial reconfigures the port on every change: only if needed
             data = ser.read(1)
             if data:
                 waiting = ser.in_waiting
