@@ -370,8 +370,8 @@ def cmd_sterilise(args, out):
 
 def _sample_progress(out, label):
     def show(row):
-        out.progress("%s: t %8.2f s  %-11s %6.1f Hz  depth %.2f mm  %5.0f mA  %5.1f °C"
-                     % (label, row["t_s"], row["state"], row["hz"], row["depth_mm"], row["current_ma"],
+        out.progress("%s: t %8.2f s  %-11s %6.1f Hz  depth %s mm  %5d mA  %5.1f degC"
+                     % (label, row["t_s"], row["state"], row["hz"], _num(row["depth_mm"]), row["current_ma"],
                         row["temp_c"]))
     return show
 

@@ -18,6 +18,7 @@ Returned dicts are in host units (mm, Hz, degC, V, s); the wire carries
 integers (um, cHz, cdegC, mV, ms).
 """
 
+import os
 import time
 
 from pen.limits import PROFILES_MAX, PROTOCOL_VERSION
@@ -189,12 +190,13 @@ class Pen:
     def profile_push(self, profiles):
         """Store profiles on the pen (same name: replaced).
 
-        `profiles`: a list of dicts, in host units (name, depth_mm, stroke_hz,
+        `profiles`: a TOML file path, or a list of dicts in host units (name, depth_mm, stroke_hz,
         max_session_s) or wire units (depth_um instead of depth_mm). All are
         validated before the first is sent; the pen's capacity is checked too.
         Returns the names pushed.
         """
-        wire_profiles = []
+        if isinstance(profiles, (str, os.PathLike)):
+            profiles = [host_profiles.to_host(p) for p in host_profiles.load_file(profiles)]
         host_tables = []
         for profile in profiles:
             if isinstance(profile, dict) and "depth_um" in profile and "depth_mm" not in profile:
