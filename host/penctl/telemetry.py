@@ -127,8 +127,8 @@ def plot(rows, path, title=None):
     ax_temp.plot(t, series("temp_c"), color="tab:red")
     ax_temp.set_ylabel("handpiece temp (°C)")
     ax_temp.set_xlabel("time (s)%s" % (" from pen time %.3f s" % t0 if rows else ""))
-    ax_hz.legend(loc="lower right", fontsize="small")
-    ax_depth.legend(loc="lower right", fontsize="small")
+    ax_hz.legend(loc="best", fontsize="small")
+    ax_depth.legend(loc="best", fontsize="small")
     for when, state in state_changes(rows):
         x = when - t0
         for ax in axes:
