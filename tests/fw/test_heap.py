@@ -48,7 +48,8 @@ def test_heap_lock_detects_allocation():
     caught = False
     micropython.heap_lock()
     try:
-        [0] * 8
+        allocated = [0] * 8
+        caught = allocated is None
     except MemoryError:
         caught = True
     finally:

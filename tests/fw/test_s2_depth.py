@@ -41,7 +41,7 @@ def test_s2_homing_at_boot_reaches_endstop():
     for seed in (1, 7, 12345, 99):
         pen = fwtest.Pen(seed=seed)
         start_um = pen.board.carriage_um
-        ms = pen.run_until(lambda: pen.ctl.state != 0, 2000)
+        ms = pen.run_until(lambda pen=pen: pen.ctl.state != 0, 2000)
         print("S2 homing from %d um: %d ms" % (start_um, ms))
         assert pen.board.carriage_um == 0
         assert pen.board.depth_endstop()

@@ -82,8 +82,9 @@ def _tach_loss(hz, delay_ms, cartridge):
     pen.run_ms(delay_ms)
     pen.board.inject("tach_loss")
     detect = 0
-    for detect in range(1, 200):
+    while detect < 200:
         pen.run_ms(1)
+        detect += 1
         if pen.state() == "FAULT":
             # motor off in the very tick that detected it
             assert pen.board.duty_bp == 0

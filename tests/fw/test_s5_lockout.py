@@ -226,7 +226,7 @@ def test_s5_session_end_locks_for_every_reason():
             pen.cartridge = None
         elif reason == "FAULT":
             pen.board.inject("overtemp")
-        pen.run_until(lambda: pen.state() in ("LOCKED", "FAULT"), 12000)
+        pen.run_until(lambda pen=pen: pen.state() in ("LOCKED", "FAULT"), 12000)
         pen.run_ms(1000)
         assert pen.events("session_end")[-1]["reason"] == reason
         if reason == "FAULT":
