@@ -93,6 +93,7 @@ class Board:
         self.inj_low_battery = False
         self.inject_us = -1
         self.steps = 0                 # plant steps since power-on
+        self._sample_sensors()
         # rig channel (virtual pen supervisor)
         self._rig_in = None
         self._rig_out = None
@@ -196,6 +197,25 @@ class Board:
         if self.uv_led and self.lid:
             self.lamp_on_ms += 1
         self._plant_us = t0 + _STEP_US
+        self._sample_sensors()
+
+    def _sample_sensors(self):
+        # The ADC samples once per plant step (as a free-running ADC scan would);
+        # the tick reads the latest conversions without doing the noise work.
+        self.s_current_ma = self.current_ma + self._noise(8)
+        temp = self.temp_u // 10000 + self._noise(3)
+        if self.inj_overtemp:
+            temp += 1200
+        self.s_temp_cdegc = temp
+        self.s_battery_mv = self.battery_mv_now + self._noise(4)
+        depth = self.carriage_um + self._noise(6)
+        if self.speed_mhz > 0:
+            depth += self._noise(8)
+        self.s_depth_um = depth
+        if self.uv_led and self.lid:
+            self.s_uv_pm = _LAMP_NEW_PM - self.lamp_on_ms // 36000 + self._noise(4)
+        else:
+            self.s_uv_pm = 0
 
     # ---- stroke motor ----
 
@@ -217,16 +237,13 @@ class Board:
         return self.tach_us
 
     def motor_current_ma(self):
-        return self.current_ma + self._noise(8)
+        return self.s_current_ma
 
     def temp_cdegc(self):
-        value = self.temp_u // 10000 + self._noise(3)
-        if self.inj_overtemp:
-            value += 1200
-        return value
+        return self.s_temp_cdegc
 
     def battery_mv(self):
-        return self.battery_mv_now + self._noise(4)
+        return self.s_battery_mv
 
     # ---- depth actuator ----
 
@@ -244,10 +261,7 @@ class Board:
         return self.carriage_um <= 0
 
     def depth_sensor_um(self):
-        value = self.carriage_um + self._noise(6)
-        if self.speed_mhz > 0:
-            value += self._noise(8)
-        return value
+        return self.s_depth_um
 
     # ---- UV dock ----
 
@@ -258,9 +272,7 @@ class Board:
         self.uv_led = bool(on)
 
     def uv_intensity_pm(self):
-        if not (self.uv_led and self.lid):
-            return 0
-        return _LAMP_NEW_PM - self.lamp_on_ms // 36000 + self._noise(4)
+        return self.s_uv_pm
 
     # ---- cartridge ----
 

@@ -1,7 +1,9 @@
 # The pen application: fixed-rate loop around the control tick, the lockout
 # rules that need the flash (S5-S8), the command set over the wire protocol,
 # telemetry and events. Platform-agnostic: it receives the board.
+import gc
 import sys
+from array import array
 
 try:
     import select
@@ -22,6 +24,8 @@ _LOG_PREFIX = "log-"
 _LOG_PAGE_MAX = 4          # log entries per response frame
 _LOG_PAGE_BYTES = 1600     # ... and at most this much of it (FRAME_MAX with room for the envelope)
 _REASON_MAX = 64
+_LATE_BUCKET_US = 5        # tick lateness histogram: 5 us buckets ...
+_LATE_BUCKETS = 200        # ... up to 1 ms; the last bucket counts everything later
 
 
 class PenError(Exception):
@@ -54,6 +58,8 @@ class App:
         self.tm_sent = 0           # telemetry samples handled (sent or dropped)
         self.tm_dropped = 0
         self.ticks = 0
+        self.late_hist = array("i", [0] * (_LATE_BUCKETS + 1))
+        self.heap_live_max = 0     # largest live heap seen by the `mem` op
         self.session = None        # log entry of the running session
         self.last_steril = {"result": "none", "reason": "NONE"}
         self._sync_clock()
@@ -138,6 +144,12 @@ class App:
         deadline = self.deadline
         board.wait_until(deadline)
         late = ticks_diff(board.ticks_us(), deadline)
+        bucket = late // _LATE_BUCKET_US
+        if bucket >= _LATE_BUCKETS:
+            bucket = _LATE_BUCKETS
+        elif bucket < 0:
+            bucket = 0
+        self.late_hist[bucket] += 1
         start = board.cpu_ticks_us()
         ctl.tick()
         spent = ticks_diff(board.cpu_ticks_us(), start)
@@ -352,6 +364,27 @@ class App:
             },
         }
 
+    def cmd_timing(self, body):
+        """Tick lateness histogram (non-empty buckets as [bucket, count]) and tick cost."""
+        hist = self.late_hist
+        buckets = [[index, hist[index]] for index in range(len(hist)) if hist[index]]
+        reply = {"bucket_us": _LATE_BUCKET_US, "buckets": buckets, "ticks": self.ticks,
+                 "overruns": self.ctl.overruns, "tick_max_us": self.ctl.tick_max_us}
+        if body.get("reset") is True:
+            for index in range(len(hist)):
+                hist[index] = 0
+            self.ctl.overruns = 0
+            self.ctl.tick_max_us = 0
+        return reply
+
+    def cmd_mem(self, body):
+        """Live heap after a full collection (bytes), and the largest seen so far."""
+        gc.collect()
+        live = gc.mem_alloc()
+        if live > self.heap_live_max:
+            self.heap_live_max = live
+        return {"live": live, "free": gc.mem_free(), "live_max": self.heap_live_max}
+
     def cmd_profile_put(self, body):
         self._require_not_running()
         profile = check_profile(body.get("profile"))
@@ -537,6 +570,8 @@ _TM_FIELD_NAMES = ["t_ms", "state", "depth_set_um", "depth_um", "hz_set_chz", "h
 _HANDLERS = {
     "ping": App.cmd_ping,
     "info": App.cmd_info,
+    "timing": App.cmd_timing,
+    "mem": App.cmd_mem,
     "profile_put": App.cmd_profile_put,
     "profile_list": App.cmd_profile_list,
     "profile_use": App.cmd_profile_use,
