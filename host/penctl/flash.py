@@ -9,11 +9,14 @@ Layout on the pen (firmware/boot_stub.py is the pen's /main.py and reads it):
 
 Procedure (one raw-REPL session on mpremote's SerialTransport):
 
-1. compile every firmware .py except the boot stub with mpy-cross (bytecode only, no -march:
-   the same .mpy loads on the RP2040 and on the unix-port virtual pen), cached by content;
+1. compile every firmware .py except the boot stub with mpy-cross, cached by content: bytecode
+   only, no -march, so the same .mpy loads on the RP2040 and on the unix-port virtual pen; only a
+   file that uses a native code emitter (@micropython.native/viper/asm_*) is compiled for the
+   pen's CPU (armv6m by default; after step 2, for the architecture the pen reports);
 2. Ctrl-C into the raw REPL (the firmware stops the motor on KeyboardInterrupt), then ONE exec
    that prints the sha256 of every file in both slots, both markers, the pointer, main.py's hash
-   and the .mpy version the pen loads (a mismatch stops here, before any write);
+   and sys.implementation._mpy (.mpy version and native architecture: a pen that could not load
+   the build stops here, before any write);
 3. the slot the stub would boot now is never touched; the other one is staged: its marker goes
    first, then stale files; files it lacks that the booting slot has identical are copied on the
    pen; only the rest travels over the link (base64, WRITE_BATCH_BYTES per exec, raw-paste flow
@@ -37,6 +40,7 @@ import hashlib
 import importlib.util
 import io
 import os
+import re
 import shutil
 import struct
 import subprocess
@@ -65,6 +69,11 @@ WRITE_BATCH_BYTES = 8192  # file bytes per write exec (~11 KB of base64 source: 
 BAUDRATE = 115200        # USB-CDC ignores it; kept for real UARTs
 
 STUB_NAME = "boot_stub.py"
+DEFAULT_ARCH = "armv6m"  # the pen's RP2040 (Cortex-M0+), for files with native code
+# MicroPython's native architecture numbers (sys.implementation._mpy >> 10) as mpy-cross -march names
+ARCHS = (None, "x86", "x64", "armv6", "armv6m", "armv7m", "armv7em", "armv7emsp", "armv7emdp", "xtensa",
+         "xtensawin", "rv32imc", "rv64imc")
+_NATIVE = re.compile(rb"^[ \t]*@micropython\.(native|viper|asm_\w+)\b", re.M)
 PROTOCOL_VERSION = limits.PROTOCOL_VERSION
 
 Progress = Callable[[str, int, int], None]
@@ -100,6 +109,8 @@ class Build:
     stub: bytes
     stub_sha256: str
     stub_module: types.ModuleType = field(repr=False)
+    native: list[str] = field(default_factory=list)   # rels with native code, compiled for `arch`
+    arch: str = ""
 
     @property
     def hashes(self) -> dict[str, str]:
@@ -152,8 +163,14 @@ def firmware_sources(source_dir: Path) -> list[Path]:
 
 
 def compile_firmware(source_dir: Path | str | None = None, cache_dir: Path | str | None = None,
-                     progress: Progress | None = None) -> Build:
-    """Compile the firmware with mpy-cross into a content-addressed cache; returns the files and hashes."""
+                     progress: Progress | None = None, arch: str | None = None) -> Build:
+    """Compile the firmware with mpy-cross into a content-addressed cache; returns the files and hashes.
+
+    Files are bytecode only (no -march): one .mpy loads on every port. Files that use a native
+    code emitter (@micropython.native / viper / asm_*) cannot be: they are compiled for `arch`
+    (an mpy-cross -march name; default DEFAULT_ARCH, the pen's RP2040).
+    """
+    arch = arch or DEFAULT_ARCH
     src = Path(source_dir) if source_dir is not None else _firmware_dir()
     if not (src / "main.py").is_file() or not (src / STUB_NAME).is_file():
         raise UsageError("%s is not a firmware folder (it needs main.py and %s); nothing was sent"
@@ -166,15 +183,19 @@ def compile_firmware(source_dir: Path | str | None = None, cache_dir: Path | str
     # The stub goes to the pen as source, but is compiled too: a stub with a syntax error must not.
     rels = firmware_sources(src) + [Path(STUB_NAME)]
     jobs = []     # (rel, cached output, temp output, mpy-cross process or None if cached)
+    native = []
     for rel in rels:
         source = (src / rel).read_bytes()
-        key = hashlib.sha256(compiler_id + rel.as_posix().encode() + b"\0" + source).hexdigest()
+        args = ["-s", rel.as_posix()]  # the file name tracebacks show
+        if _NATIVE.search(source):
+            native.append(rel.with_suffix(".mpy").as_posix())
+            args.append("-march=" + arch)
+        key = hashlib.sha256(compiler_id + "\0".join(args).encode() + b"\0" + source).hexdigest()
         out = cache / (key + ".mpy")
         tmp = cache / (key + ".tmp%d" % os.getpid())
         proc = None
         if not out.exists():
-            # -s: the name tracebacks show; no -march: bytecode only, loads on every port
-            proc = subprocess.Popen([compiler, "-s", rel.as_posix(), "-o", str(tmp), str(src / rel)],
+            proc = subprocess.Popen([compiler, *args, "-o", str(tmp), str(src / rel)],
                                     stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
         jobs.append((rel, out, tmp, proc))
     files = []
@@ -195,7 +216,8 @@ def compile_firmware(source_dir: Path | str | None = None, cache_dir: Path | str
         raise UsageError("the firmware does not compile, nothing was sent to the pen:\n  "
                          + "\n  ".join(failures))
     stub = (src / STUB_NAME).read_bytes()
-    return Build(files, stub, hashlib.sha256(stub).hexdigest(), _load_stub_module(src / STUB_NAME))
+    return Build(files, stub, hashlib.sha256(stub).hexdigest(), _load_stub_module(src / STUB_NAME),
+                 native, arch if native else "")
 
 
 # ------------------------------------------------------------------------------------------
@@ -204,7 +226,8 @@ def compile_firmware(source_dir: Path | str | None = None, cache_dir: Path | str
 
 # Prints, tab-separated, one line each: "F slot relpath sha256" for every file of a slot,
 # "D slot relpath" for every folder, "G slot marker-text"; the full hash adds "P pointer-text",
-# "S sha256-of-main.py" and "V mpy-version-the-pen-loads". "-" stands for a missing file.
+# "S sha256-of-main.py" and "V sys.implementation._mpy". "-" stands for a missing file, "?" for
+# a marker or pointer that is not plain letters/digits (corrupt: the stub treats it as absent).
 _DEV_HASH = """\
 import os,hashlib,binascii
 os.chdir('/')
@@ -218,8 +241,11 @@ def h(p,b=bytearray(1024)):
  return binascii.hexlify(s.digest()).decode()
 def r(p):
  try:
-  with open(p) as f:return f.read().strip()
+  with open(p) as f:t=f.read(16).strip()
  except Exception:return '-'
+ for c in t:
+  if not(c.isalpha() or c.isdigit()):return '?'
+ return t or '?'
 def w(s,d,q):
  try:l=[(e[0],e[1]) for e in os.ilistdir(d)]
  except OSError:return
@@ -238,7 +264,7 @@ def _dev_hash(stubm, slots, everything: bool) -> str:
     if everything:
         code.append("print('P',r(%r),sep='\\t')\n" % stubm.POINTER)
         code.append("try:print('S',h('main.py'),sep='\\t')\nexcept OSError:print('S','-',sep='\\t')\n")
-        code.append("import sys\nprint('V',getattr(sys.implementation,'_mpy',0)&255,sep='\\t')\n")
+        code.append("import sys\nprint('V',getattr(sys.implementation,'_mpy',0),sep='\\t')\n")
     return "".join(code)
 
 
@@ -281,7 +307,21 @@ class PenFiles:
     gens: dict[str, int | None]        # slot -> generation of its marker (None: not complete)
     pointer: str | None
     stub_sha256: str | None            # of main.py
-    mpy_version: int | None = None     # the .mpy version the pen's MicroPython loads
+    mpy: int | None = None             # sys.implementation._mpy: .mpy version, sub-version, native arch
+
+    @property
+    def mpy_version(self) -> int | None:
+        return None if self.mpy is None else self.mpy & 0xFF
+
+    @property
+    def mpy_sub_version(self) -> int | None:
+        return None if self.mpy is None else (self.mpy >> 8) & 3
+
+    @property
+    def arch(self) -> str | None:
+        """The pen's native code architecture as an mpy-cross -march name (None: it has none)."""
+        num = None if self.mpy is None else self.mpy >> 10
+        return ARCHS[num] if num is not None and num < len(ARCHS) else None
 
 
 def parse_hashes(text: str, stubm) -> PenFiles:
@@ -330,14 +370,28 @@ class Plan:
         return self.stage or self.set_pointer or self.write_stub
 
 
+def check_loadable(build: Build, pen: PenFiles):
+    """FlashError (before anything is written) if the pen's MicroPython could not import the build."""
+    if pen.mpy is None or not build.files:
+        return
+    version = build.files[0].data[1]
+    if pen.mpy_version != version:
+        raise FlashError("the pen's MicroPython loads .mpy version %d, this penctl's mpy-cross builds version %d: "
+                         "update the pen's MicroPython (or penctl); nothing was written"
+                         % (pen.mpy_version, version))
+    for f in build.files:
+        if f.rel not in build.native:
+            continue
+        # native code loads only on its own architecture and .mpy sub-version
+        same_arch = pen.arch is not None and f.data[2] >> 2 == ARCHS.index(pen.arch)
+        if not same_arch or f.data[2] & 3 != pen.mpy_sub_version:
+            raise FlashError("%s has native code for %s, which the pen's MicroPython (%s, .mpy %d.%d) cannot "
+                             "load; nothing was written" % (f.rel, build.arch, pen.arch or "no native code",
+                                                            pen.mpy_version, pen.mpy_sub_version))
+
+
 def make_plan(build: Build, pen: PenFiles) -> Plan:
     stubm = build.stub_module
-    built_mpy = build.files[0].data[1] if build.files else None
-    if pen.mpy_version is not None and pen.mpy_version != built_mpy:
-        # It would not import a single file: refuse before anything is written.
-        raise FlashError("the pen's MicroPython loads .mpy version %d, this penctl's mpy-cross builds version %s: "
-                         "update the pen's MicroPython (or penctl); nothing was written"
-                         % (pen.mpy_version, built_mpy))
     want = build.hashes
     booted = stubm.pick(pen.pointer, pen.gens)   # exactly what the stub would boot now
     write_stub = pen.stub_sha256 != build.stub_sha256
@@ -666,6 +720,9 @@ def flash_firmware(port: str, source_dir: Path | str | None = None, progress: Pr
         report("hash", 0, 1)
         state = parse_hashes(pen.exec(_dev_hash(stubm, stubm.SLOTS, True), t_step), stubm)
         report("hash", 1, 1)
+        if build.native and state.arch and state.arch != build.arch:
+            build = compile_firmware(source_dir, arch=state.arch)   # native code for this pen's CPU
+        check_loadable(build, state)
         plan = make_plan(build, state)
         previous = stubm.pick(state.pointer, state.gens)
         written = bytes_written = 0
