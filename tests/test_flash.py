@@ -5,6 +5,7 @@ Unit tests need no pen; the rest flash virtual pens (penctl.simpen) through thei
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
 import pty
@@ -48,9 +49,11 @@ def build(tmp_path):
     return flash.compile_firmware(cache_dir=tmp_path / "cache")
 
 
-def firmware_copy(tmp_path: Path) -> Path:
-    src = tmp_path / "src"
-    shutil.copytree(FIRMWARE, src, ignore=shutil.ignore_patterns("__pycache__", "*.mpy"))
+def firmware_copy(tmp_path: Path, name: str = "src", base: Path = FIRMWARE) -> Path:
+    """A copy of the firmware sources: what a test flashes does not change under it (the working
+    tree may be edited while the tests run)."""
+    src = tmp_path / name
+    shutil.copytree(base, src, ignore=shutil.ignore_patterns("__pycache__", "*.mpy"))
     return src
 
 
@@ -85,11 +88,28 @@ def test_compile_every_firmware_file_but_the_stub(build):
     assert build.stub == (FIRMWARE / "boot_stub.py").read_bytes()
     for f in build.files:
         assert f.data[:2] == b"M\x06", f.rel                 # .mpy version 6
-        assert f.data[2] >> 2 == 0, f.rel                    # no native arch: bytecode only
+        if f.rel in build.native:                            # native code: for the RP2040
+            assert f.data[2] >> 2 == flash.ARCHS.index("armv6m"), f.rel
+        else:
+            assert f.data[2] >> 2 == 0, f.rel                # no native arch: bytecode only
         assert hashlib.sha256(f.data).hexdigest() == f.sha256
 
 
-def test_compiled_firmware_loads_on_the_unix_port(build, tmp_path):
+@functools.cache
+def unix_port_mpy() -> int:
+    """sys.implementation._mpy of the unix port (the virtual pen): .mpy version | native arch << 10."""
+    out = subprocess.run([str(MICROPYTHON), "-c", "import sys; print(sys.implementation._mpy)"],
+                         capture_output=True, text=True, timeout=30)
+    return int(out.stdout)
+
+
+def unix_port_arch() -> str:
+    """What the virtual pen's native code is compiled for (x64 here; the RP2040 is armv6m)."""
+    return flash.ARCHS[unix_port_mpy() >> 10]
+
+
+def test_compiled_firmware_loads_on_the_unix_port(tmp_path):
+    build = flash.compile_firmware(cache_dir=tmp_path / "cache", arch=unix_port_arch())
     tree = tmp_path / "slot"
     for f in build.files:
         (tree / f.rel).parent.mkdir(parents=True, exist_ok=True)
@@ -213,12 +233,40 @@ def test_plan_back_to_the_previous_build_only_switches(build):
     assert plan.slot == "b" and not plan.stage and plan.set_pointer and not plan.write
 
 
-def test_plan_refuses_a_pen_that_cannot_load_the_mpy_version(build):
+def test_refuse_a_pen_that_cannot_load_the_mpy_version(build):
     pen = _pen(build)
-    pen.mpy_version = 5
+    pen.mpy = 5 | 3 << 8 | 4 << 10
     with pytest.raises(FlashError) as err:
-        flash.make_plan(build, pen)
+        flash.check_loadable(build, pen)
     assert "version 5" in err.value.message and "nothing was written" in err.value.message
+
+
+def _with_native_module(tmp_path: Path) -> Path:
+    src = firmware_copy(tmp_path)
+    (src / "pen" / "fastpath.py").write_text(
+        "import micropython\n\n\n@micropython.native\ndef add(a, b):\n    return a + b\n")
+    return src
+
+
+def test_native_code_is_compiled_for_the_pen_architecture(tmp_path):
+    src = _with_native_module(tmp_path)
+    build = flash.compile_firmware(src, cache_dir=tmp_path / "cache")
+    assert "pen/fastpath.mpy" in build.native and build.arch == "armv6m"
+    fast = {f.rel: f for f in build.files}["pen/fastpath.mpy"]
+    assert fast.data[2] >> 2 == flash.ARCHS.index("armv6m")
+    rp2040 = _pen(build)
+    rp2040.mpy = 6 | 3 << 8 | flash.ARCHS.index("armv6m") << 10
+    flash.check_loadable(build, rp2040)
+    assert rp2040.arch == "armv6m"
+    pc = _pen(build)
+    pc.mpy = 6 | 3 << 8 | flash.ARCHS.index("x64") << 10
+    with pytest.raises(FlashError) as err:
+        flash.check_loadable(build, pc)
+    assert "native code for armv6m" in err.value.message and "x64" in err.value.message
+    x64 = flash.compile_firmware(src, cache_dir=tmp_path / "cache", arch="x64")
+    flash.check_loadable(x64, pc)
+    plain = {f.rel: f.sha256 for f in build.files if f.rel not in build.native}
+    assert plain.items() <= x64.hashes.items()          # bytecode-only files are the same for every arch
 
 
 def test_write_batches_split_large_files(build):
@@ -256,34 +304,35 @@ def test_silent_port_is_a_link_error(monkeypatch):
 
 @needs_pen
 def test_flash_blank_pen_then_nothing_changed_then_one_file(tmp_path):
+    fw = firmware_copy(tmp_path, "fw")
     state = tmp_path / "state"
     with VirtualPen(state_dir=state, clock="real", blank=True) as vp:
         assert at_repl(vp.port)
-        rep = flash.flash_firmware(vp.port)
+        rep = flash.flash_firmware(vp.port, source_dir=fw)
         assert rep["protocol"] == limits.PROTOCOL_VERSION
         assert rep["changed"] and rep["slot"] == "a"
         assert rep["files_total"] == rep["files_written"] - 1 > 5       # + the boot stub
         assert (state / "fw" / "active").read_text() == "a"
         assert (state / "main.py").read_bytes() == (FIRMWARE / "boot_stub.py").read_bytes()
-        fresh = flash.compile_firmware()
+        fresh = flash.compile_firmware(fw, arch=unix_port_arch())
         assert slot_tree(state, "a") == {**{f.rel: f.data for f in fresh.files}, "complete": b"1"}
         assert flash.ping(vp.port, 5) == limits.PROTOCOL_VERSION
 
         times = []
         for _ in range(3):
             t0 = time.monotonic()
-            rep = flash.flash_firmware(vp.port)
+            rep = flash.flash_firmware(vp.port, source_dir=fw)
             times.append(time.monotonic() - t0)
             assert rep["files_written"] == 0 and rep["bytes_written"] == 0 and not rep["changed"]
             assert rep["protocol"] == limits.PROTOCOL_VERSION
         assert statistics.median(times) < 0.4, times    # DESIGN 6: nothing changed <= 0.4 s
 
-        src = firmware_copy(tmp_path)
+        src = firmware_copy(tmp_path, base=fw)
         add_comment_line(src / "pen" / "profiles.py")
         rep = flash.flash_firmware(vp.port, source_dir=src)
         assert rep["files_written"] == 1 and rep["files_copied"] == rep["files_total"] - 1
         assert rep["slot"] == "b" and (state / "fw" / "active").read_text() == "b"
-        new = {f.rel: f.data for f in flash.compile_firmware(src).files}
+        new = {f.rel: f.data for f in flash.compile_firmware(src, arch=unix_port_arch()).files}
         assert slot_tree(state, "b") == {**new, "complete": b"2"}
         assert new["pen/profiles.mpy"] != slot_tree(state, "a")["pen/profiles.mpy"]
         assert flash.ping(vp.port, 5) == limits.PROTOCOL_VERSION
@@ -331,12 +380,13 @@ def _flash_and_cut(vp, source_dir=None) -> tuple[BaseException | None, list]:
 
 @needs_pen
 def test_power_cut_mid_flash_keeps_the_previous_firmware(tmp_path, monkeypatch):
+    fw = firmware_copy(tmp_path, "fw")
     monkeypatch.setattr(flash, "WRITE_BATCH_BYTES", 2048)   # several write steps for a small change
     state = tmp_path / "state"
     with VirtualPen(state_dir=state, clock="real", blank=True) as vp:
-        flash.flash_firmware(vp.port)
+        flash.flash_firmware(vp.port, source_dir=fw)
         before = slot_tree(state, "a")
-        src = firmware_copy(tmp_path)
+        src = firmware_copy(tmp_path, base=fw)
         add_comment_line(src / "pen" / "app.py")
         add_comment_line(src / "pen" / "control.py")
         t0 = time.monotonic()
@@ -354,15 +404,17 @@ def test_power_cut_mid_flash_keeps_the_previous_firmware(tmp_path, monkeypatch):
         assert flash.ping(vp.port, 10) == limits.PROTOCOL_VERSION  # the previous firmware boots
         rep = flash.flash_firmware(vp.port, source_dir=src)
         assert rep["slot"] == "b" and rep["changed"] and rep["protocol"] == limits.PROTOCOL_VERSION
-        assert {f.rel: f.data for f in flash.compile_firmware(src).files}.items() <= slot_tree(state, "b").items()
+        new = {f.rel: f.data for f in flash.compile_firmware(src, arch=unix_port_arch()).files}
+        assert new.items() <= slot_tree(state, "b").items()
 
 
 @needs_pen
 def test_power_cut_mid_first_flash_leaves_the_pen_at_the_repl(tmp_path, monkeypatch):
+    fw = firmware_copy(tmp_path, "fw")
     monkeypatch.setattr(flash, "WRITE_BATCH_BYTES", 4096)
     state = tmp_path / "state"
     with VirtualPen(state_dir=state, clock="real", blank=True) as vp:
-        exc, _seen = _flash_and_cut(vp)
+        exc, _seen = _flash_and_cut(vp, fw)
         assert isinstance(exc, FlashError), exc
         assert list((state / "fw" / "a").rglob("*.mpy"))          # half a slot was written ...
         assert not (state / "main.py").exists() and not (state / "fw" / "active").exists()
@@ -370,14 +422,15 @@ def test_power_cut_mid_first_flash_leaves_the_pen_at_the_repl(tmp_path, monkeypa
         assert at_repl(vp.port)                                    # ... and nothing boots it
         with pytest.raises(FlashError):
             flash.ping(vp.port, 1.5)
-        rep = flash.flash_firmware(vp.port)
+        rep = flash.flash_firmware(vp.port, source_dir=fw)
         assert rep["slot"] == "a" and rep["protocol"] == limits.PROTOCOL_VERSION
         assert (state / "fw" / "active").read_text() == "a"
 
 
 @needs_pen
 def test_protocol_mismatch_is_a_flash_error_and_the_right_firmware_goes_back_on(tmp_path):
-    src = firmware_copy(tmp_path)
+    fw = firmware_copy(tmp_path, "fw")
+    src = firmware_copy(tmp_path, base=fw)
     lim = src / "pen" / "limits.py"
     old = "PROTOCOL_VERSION = const(%d)" % limits.PROTOCOL_VERSION
     assert old in lim.read_text()
@@ -387,34 +440,36 @@ def test_protocol_mismatch_is_a_flash_error_and_the_right_firmware_goes_back_on(
             flash.flash_firmware(vp.port, source_dir=src)
         assert "protocol %d" % (limits.PROTOCOL_VERSION + 1) in err.value.message
         assert "penctl speaks %d" % limits.PROTOCOL_VERSION in err.value.message
-        rep = flash.flash_firmware(vp.port)
+        rep = flash.flash_firmware(vp.port, source_dir=fw)
         assert rep["protocol"] == limits.PROTOCOL_VERSION and rep["slot"] == "b"
 
 
 @needs_pen
 def test_a_firmware_that_does_not_start_is_rolled_back(tmp_path):
-    src = firmware_copy(tmp_path)
+    fw = firmware_copy(tmp_path, "fw")
+    src = firmware_copy(tmp_path, base=fw)
     app = src / "pen" / "app.py"
     app.write_text(app.read_text() + "\nraise RuntimeError('boom at import')\n")
     state = tmp_path / "state"
     with VirtualPen(state_dir=state, clock="real", blank=True) as vp:
-        flash.flash_firmware(vp.port)
+        flash.flash_firmware(vp.port, source_dir=fw)
         with pytest.raises(FlashError) as err:
             flash.flash_firmware(vp.port, source_dir=src)
         assert "boom at import" in err.value.message and "switched back" in err.value.message
         assert (state / "fw" / "active").read_text() == "a"
         assert flash.ping(vp.port, 10) == limits.PROTOCOL_VERSION      # the previous firmware runs
-        rep = flash.flash_firmware(vp.port)                           # and stays: nothing to do
+        rep = flash.flash_firmware(vp.port, source_dir=fw)                           # and stays: nothing to do
         assert rep["slot"] == "a" and not rep["changed"]
 
 
 @needs_pen
 def test_host_interrupt_mid_flash_resumes_the_previous_firmware(tmp_path, monkeypatch):
+    fw = firmware_copy(tmp_path, "fw")
     monkeypatch.setattr(flash, "WRITE_BATCH_BYTES", 2048)
     state = tmp_path / "state"
     with VirtualPen(state_dir=state, clock="real", blank=True) as vp:
-        flash.flash_firmware(vp.port)
-        src = firmware_copy(tmp_path)
+        flash.flash_firmware(vp.port, source_dir=fw)
+        src = firmware_copy(tmp_path, base=fw)
         add_comment_line(src / "pen" / "app.py")
 
         def progress(stage, done, total):
@@ -433,3 +488,35 @@ def test_a_stub_that_does_not_compile_is_not_flashed(tmp_path):
     with pytest.raises(UsageError) as err:
         flash.flash_firmware("/dev/nonexistent-pen", source_dir=src)
     assert "boot_stub.py" in err.value.message
+
+
+@needs_pen
+def test_corrupt_pointer_and_marker_are_treated_as_absent(tmp_path):
+    fw = firmware_copy(tmp_path, "fw")
+    state = tmp_path / "state"
+    with VirtualPen(state_dir=state, clock="real", blank=True) as vp:
+        flash.flash_firmware(vp.port, source_dir=fw)
+        vp.power_cut()
+        (state / "fw" / "active").write_bytes(b"\xff\tgarbage\n\x00")
+        (state / "fw" / "b").mkdir()
+        (state / "fw" / "b" / "complete").write_bytes(b"7\t\xfe")
+        vp.power_on()
+        assert flash.ping(vp.port, 10) == limits.PROTOCOL_VERSION   # the stub falls back to complete slot a
+        rep = flash.flash_firmware(vp.port, source_dir=fw)
+        assert rep["slot"] == "a" and rep["changed"] and rep["files_written"] == 0   # only the pointer
+        assert (state / "fw" / "active").read_text() == "a"
+
+
+@needs_pen
+def test_native_code_on_the_virtual_pen(tmp_path):
+    src = _with_native_module(tmp_path)
+    state = tmp_path / "state"
+    with VirtualPen(state_dir=state, clock="real", blank=True) as vp:
+        rep = flash.flash_firmware(vp.port, source_dir=src)
+        assert rep["protocol"] == limits.PROTOCOL_VERSION
+        arch = unix_port_mpy() >> 10
+        assert (state / "fw" / "a" / "pen" / "fastpath.mpy").read_bytes()[2] >> 2 == arch
+        out = subprocess.run([str(MICROPYTHON), "-c", "import sys; sys.path[:0] = ['fw/a']\n"
+                              "from pen.fastpath import add; print(add(2, 3))"],
+                             cwd=state, capture_output=True, text=True, timeout=30)
+        assert out.stdout.strip() == "5", out.stdout + out.stderr
