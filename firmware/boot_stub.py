@@ -37,7 +37,7 @@ def _read(path):
 
 def generation(text):
     """The generation a `complete` marker holds; None for no (or a corrupt) marker."""
-    if text is None or not text or not text.isdigit():
+    if not text or not text.isdigit():
         return None
     return int(text)
 
