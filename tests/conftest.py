@@ -6,7 +6,8 @@ import pytest
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FIRMWARE = os.path.join(ROOT, "firmware")
 FW_TESTS = os.path.join(ROOT, "tests", "fw")
-for path in (FIRMWARE, FW_TESTS):
+CPYTHON_SHIMS = os.path.join(ROOT, "tests", "cpython")   # micropython.py stand-in
+for path in (FIRMWARE, FW_TESTS, CPYTHON_SHIMS):
     if path not in sys.path:
         sys.path.insert(0, path)
 

@@ -65,19 +65,20 @@ def running_pen():
     return pen
 
 
-def time_ticks(tick, board):
+def time_ticks(tick, board, count):
     # Plant steps are excluded: only the control code is timed.
-    samples = []
-    for _ in range(ROUNDS):
-        total = 0
-        for _ in range(TICKS):
-            board._plant_step()
-            start = time.ticks_us()
-            tick()
-            total += time.ticks_diff(time.ticks_us(), start)
-        samples.append(total / TICKS)
-    samples.sort()
-    return samples[len(samples) // 2]
+    total = 0
+    for _ in range(count):
+        board._plant_step()
+        start = time.ticks_us()
+        tick()
+        total += time.ticks_diff(time.ticks_us(), start)
+    return total / count
+
+
+def median(values):
+    values = sorted(values)
+    return values[len(values) // 2]
 
 
 def main():
@@ -85,9 +86,18 @@ def main():
     pen = running_pen()
     ctl = pen.ctl
     board = pen.board
-    tick_us = time_ticks(ctl.tick, board)
-    ref = ReferencePI(board)
-    ref_us = time_ticks(ref.tick, board)
+    from boards.sim import Board
+    ref_board = Board(clock="fast", seed=11)   # its own plant: the two loops must not fight
+    ref = ReferencePI(ref_board)
+    # Rounds alternate between the two ticks, so load on the machine hits both alike.
+    tick_samples = []
+    ref_samples = []
+    for _ in range(ROUNDS):
+        tick_samples.append(time_ticks(ctl.tick, board, TICKS))
+        ref_samples.append(time_ticks(ref.tick, ref_board, TICKS))
+    ratios = [tick_samples[i] / ref_samples[i] for i in range(ROUNDS)]
+    tick_us = median(tick_samples)
+    ref_us = median(ref_samples)
     # Allocations: run the tick under heap_lock; any allocation raises MemoryError.
     allocating = 0
     micropython.heap_lock()
@@ -100,7 +110,8 @@ def main():
     finally:
         micropython.heap_unlock()
     gc.collect()
-    print(json.dumps({"tick_us": tick_us, "ref_us": ref_us, "tick_allocates": allocating,
+    print(json.dumps({"tick_us": tick_us, "ref_us": ref_us, "ratio": median(ratios),
+                      "rounds": ROUNDS, "ticks_per_round": TICKS, "tick_allocates": allocating,
                       "state": pen.state(), "heap_free": gc.mem_free(), "heap_alloc": gc.mem_alloc()}))
 
 

@@ -17,6 +17,10 @@ import micropython
 from micropython import const
 
 from pen.limits import DEPTH_TRAVEL_UM
+from pen.control import SAMPLE_BATTERY_MV as _S_BATTERY
+from pen.control import SAMPLE_CURRENT_MA as _S_CURRENT
+from pen.control import SAMPLE_DEPTH_UM as _S_DEPTH
+from pen.control import SAMPLE_TEMP_CDEGC as _S_TEMP
 
 try:
     from onewire import OneWire  # frozen driver on the rp2 port
@@ -224,6 +228,12 @@ class Board:
         self._motor_en.value(0)
         self._pwm.duty_u16(0)
         self._duty_bp = 0
+
+    def sample(self, buf) -> None:  # tick: the analogue inputs in one call (layout: pen.limits SAMPLE_*)
+        buf[_S_CURRENT] = self.motor_current_ma()
+        buf[_S_BATTERY] = self.battery_mv()
+        buf[_S_TEMP] = self.temp_cdegc()
+        buf[_S_DEPTH] = self.depth_sensor_um()
 
     def motor_current_ma(self) -> int:  # tick, one conversion ~4 us (estimate)
         raw = self._adc_current.read_u16() - _CUR_RAW_ZERO

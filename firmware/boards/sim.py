@@ -24,13 +24,15 @@ try:
 except ImportError:  # pragma: no cover
     import uselect as select  # type: ignore
 
-try:
-    from micropython import const
-except ImportError:
-    def const(value):
-        return value
+# On CPython (the firmware tests) tests/cpython/micropython.py stands in.
+import micropython
+from micropython import const
 
 from pen.compat import sleep_us, ticks_add, ticks_diff, ticks_us
+from pen.control import SAMPLE_BATTERY_MV as _S_BATTERY
+from pen.control import SAMPLE_CURRENT_MA as _S_CURRENT
+from pen.control import SAMPLE_DEPTH_UM as _S_DEPTH
+from pen.control import SAMPLE_TEMP_CDEGC as _S_TEMP
 
 BOARD_NAME = "sim"
 
@@ -219,6 +221,7 @@ class Board:
 
     # ---- stroke motor ----
 
+    @micropython.native
     def motor_drive(self, duty_bp):
         if duty_bp <= 0:
             self.motor_coast()
@@ -230,11 +233,20 @@ class Board:
             self.motor_off_us = self._plant_us
         self.duty_bp = 0
 
+    @micropython.native
     def tach_count(self):
         return self.tach
 
+    @micropython.native
     def tach_edge_us(self):
         return self.tach_us
+
+    @micropython.native
+    def sample(self, buf):
+        buf[_S_CURRENT] = self.s_current_ma
+        buf[_S_BATTERY] = self.s_battery_mv
+        buf[_S_TEMP] = self.s_temp_cdegc
+        buf[_S_DEPTH] = self.s_depth_um
 
     def motor_current_ma(self):
         return self.s_current_ma
@@ -276,6 +288,7 @@ class Board:
 
     # ---- cartridge ----
 
+    @micropython.native
     def cartridge_present(self):
         return self.cartridge is not None
 

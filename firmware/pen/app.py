@@ -344,7 +344,7 @@ class App:
             "state": c.STATE_NAMES[ctl.state],
             "fault": c.FAULT_NAMES[ctl.fault] if ctl.state == c.FAULT else None,
             "unlocked": self.unlocked,
-            "depth_um": ctl.depth_um,
+            "depth_um": ctl.depth_um(),
             "depth_set_um": ctl.depth_target_um,
             "hz_chz": ctl.hz_chz if ctl.motor_on else 0,
             "hz_set_chz": ctl.hz_set_chz if ctl.state == c.RUNNING else 0,

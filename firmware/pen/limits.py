@@ -24,7 +24,6 @@ DEPTH_HOME_MAX_STEPS = const(800)  # > travel/step: end-stop not found after thi
 
 # --- S2: depth verification ---
 DEPTH_TOL_UM = const(50)           # |measured - set| allowed once settled
-DEPTH_FAULT_SAMPLES = const(2)     # consecutive out-of-tolerance samples -> fault (<= 2 ticks)
 DEPTH_SETTLE_TICKS = const(20)     # sensor must agree this long after a move
 DEPTH_MOVE_TIMEOUT_TICKS = const(1500)
 
@@ -49,7 +48,7 @@ STALL_MIN_MA = const(300)
 OVERCURRENT_MA = const(1500)       # above this AND above the locked-rotor current: short
 OVERTEMP_CDEGC = const(4100)       # handpiece >= 41 degC
 BATTERY_MIN_MV = const(3300)
-FAULT_CONFIRM_SAMPLES = const(2)   # analogue faults confirmed on 2 samples (noise), so <= 2 ticks
+FAULT_CONFIRM_SAMPLES = const(2)   # analogue faults (and depth deviation) confirmed on 2 samples: <= 2 ticks
 
 # --- S5: sterilisation ---
 UV_MIN_PM = const(800)             # >= 80 % of nominal intensity, continuously

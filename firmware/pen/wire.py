@@ -34,6 +34,9 @@ KIND_EVENT = "E"
 _KINDS = "QRE"
 NUM_MODULO = const(65536)
 
+# Pen states by index, as telemetry samples carry them (DESIGN 2.2).
+STATE_NAMES = ("BOOT", "LOCKED", "STERILISING", "READY", "RUNNING", "FAULT")
+
 # Stable error codes (frame level). Command-level codes live with the commands.
 E_FRAME_LONG = "FRAME_LONG"
 E_FRAME_SYNTAX = "FRAME_SYNTAX"

@@ -23,7 +23,7 @@ overruns, tick_max_us). A row here has the DESIGN 4 columns:
 
 import csv
 
-from pen.control import STATE_NAMES
+from pen.wire import STATE_NAMES
 
 COLUMNS = ("t_s", "state", "depth_set_mm", "depth_mm", "hz_set", "hz", "duty", "current_ma", "temp_c",
            "battery_v", "strokes", "faults", "overruns", "tick_max_us")

@@ -18,7 +18,7 @@ def _depth_at_motor_start(depth_um, cartridge):
     worst = 0
     for _ in range(200):
         pen.run_ms(1)
-        reading = pen.ctl.depth_um
+        reading = pen.ctl.depth_um()
         total += reading
         if abs(reading - depth_um) > worst:
             worst = abs(reading - depth_um)
