@@ -114,6 +114,7 @@ _OW_TRIES = const(3)
 
 # --- wait_until ---
 _SPIN_US = const(100)         # sleep_us for the bulk, spin on ticks_us for the rest
+_WAKE_SLICE_US = const(200)   # check the console for input at least this often while waiting
 
 
 class Board:
@@ -203,14 +204,20 @@ class Board:
 
     # ---- clock ----
 
-    def wait_until(self, deadline_us: int) -> None:  # loop
+    def wait_until(self, deadline_us: int, wake=None) -> bool:  # loop
+        # Returns True at the deadline, False early when `wake` (a poll object on
+        # the console) has input, so a request is answered between two ticks.
         # sleep_us() on rp2 busy-waits below 1 ms; it is still cheaper than a
         # Python loop. The last _SPIN_US are spun here for an exact return.
-        rem = time.ticks_diff(deadline_us, time.ticks_us())
-        if rem > _SPIN_US:
-            time.sleep_us(rem - _SPIN_US)
-        while time.ticks_diff(deadline_us, time.ticks_us()) > 0:
-            pass
+        while True:
+            rem = time.ticks_diff(deadline_us, time.ticks_us())
+            if rem <= 0:
+                return True
+            if wake is not None:
+                for _ in wake.ipoll(0):
+                    return False
+            if rem > _SPIN_US:
+                time.sleep_us(rem - _SPIN_US if rem - _SPIN_US < _WAKE_SLICE_US else _WAKE_SLICE_US)
 
     # ---- stroke motor ----
 

@@ -50,7 +50,8 @@ _BATT_R_MOHM = const(150)
 _DEPTH_TRAVEL_UM = const(3000)
 _DEPTH_UM_PER_STEP = const(5)
 _LAMP_NEW_PM = const(960)
-_SPIN_US = const(120)             # real clock: busy-wait the last part of a period
+_SPIN_US = const(60)              # real clock: busy-wait the last part of a period
+_WAKE_SLICE_US = const(150)       # real clock: check for host input at least this often
 
 
 class Board:
@@ -124,17 +125,24 @@ class Board:
     def cpu_ticks_us(self):
         return ticks_us()
 
-    def wait_until(self, deadline_us):
+    def wait_until(self, deadline_us, wake=None):
+        """Wait for the deadline; the plant models advance to it. With `wake` (a poll
+        object), return False early when it has input, True at the deadline."""
         while self._plant_us < deadline_us:
             self._plant_step()
         if self.fast_clock:
-            return
+            return True                 # simulated time: no waiting (input is polled every pass)
         origin = self._real_origin
-        remaining = deadline_us - ticks_diff(ticks_us(), origin)
-        if remaining > _SPIN_US:
-            sleep_us(remaining - _SPIN_US)
-        while deadline_us - ticks_diff(ticks_us(), origin) > 0:
-            pass
+        while True:
+            remaining = deadline_us - ticks_diff(ticks_us(), origin)
+            if remaining <= 0:
+                return True
+            if wake is not None:
+                for _ in wake.ipoll(0):
+                    return False
+            if remaining > _SPIN_US:
+                # Sleep in slices so a request is answered within a slice, not a tick.
+                sleep_us(remaining - _SPIN_US if remaining - _SPIN_US < _WAKE_SLICE_US else _WAKE_SLICE_US)
 
     def _rand(self):
         x = self._rng

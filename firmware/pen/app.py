@@ -28,6 +28,13 @@ _LATE_BUCKET_US = 5        # tick lateness histogram: 5 us buckets ...
 _LATE_BUCKETS = 200        # ... up to 1 ms; the last bucket counts everything later
 
 
+def _readable(poller):
+    # ipoll: MicroPython's allocation-free poll (poll() builds a list each call).
+    for _ in poller.ipoll(0):
+        return True
+    return False
+
+
 class PenError(Exception):
     """A refused request: `code` is the stable wire error code."""
 
@@ -142,7 +149,8 @@ class App:
         board = self.board
         ctl = self.ctl
         deadline = self.deadline
-        board.wait_until(deadline)
+        while not board.wait_until(deadline, self.poller):
+            self._receive()        # a request arrived before the deadline: answer it now
         late = ticks_diff(board.ticks_us(), deadline)
         bucket = late // _LATE_BUCKET_US
         if bucket >= _LATE_BUCKETS:
@@ -253,7 +261,7 @@ class App:
         budget = lim.RX_BYTES_PER_PASS
         poller = self.poller
         inp = self.inp
-        while budget and poller.poll(0):
+        while budget and _readable(poller):
             chunk = inp.read(1)
             if not chunk:
                 return

@@ -179,6 +179,7 @@ class Controller:
         # telemetry ring: TELEMETRY_RING samples of TM_FIELDS ints, written here
         self.tm_ring = array("i", [0] * (TELEMETRY_RING * TM_FIELDS))
         self.tm_count = 0          # samples written since boot (index = count % RING)
+        self._tm_next = 0          # pen time of the next sample
 
     # Latest analogue inputs (the tick reads them into _samples, once). Methods,
     # not properties: a property on the class slows every attribute store in
@@ -341,8 +342,8 @@ class Controller:
             elif state == BOOT:
                 if self.homed and self.depth_phase == _D_HOLD:
                     self.pending |= P_HOMED
-            if now % TELEMETRY_PERIOD_MS == 0:
-                self._telemetry_sample()
+            if now >= self._tm_next:
+                self._telemetry_sample(now)
         except Exception:
             # A failing update coasts the motor and latches (pybricks).
             self.fault_now(F_INTERNAL)
@@ -538,7 +539,11 @@ class Controller:
 
     # ---- telemetry ----
 
-    def _telemetry_sample(self):
+    def _telemetry_sample(self, now):
+        # Next sample on the 20 ms grid; after an overrun the grid resumes from now
+        # (the sample count stays right, the late sample carries its true time).
+        nxt = self._tm_next + TELEMETRY_PERIOD_MS
+        self._tm_next = nxt if nxt > now else now + TELEMETRY_PERIOD_MS
         ring = self.tm_ring
         base = (self.tm_count % TELEMETRY_RING) * TM_FIELDS
         ring[base + TM_T_MS] = self.now_ms

@@ -16,6 +16,11 @@
 import json
 
 try:
+    from collections import OrderedDict
+except ImportError:  # pragma: no cover - MicroPython without the collections module
+    from ucollections import OrderedDict  # type: ignore
+
+try:
     from binascii import crc32
 except ImportError:  # pragma: no cover - every supported interpreter has it
     from zlib import crc32  # type: ignore
@@ -55,19 +60,40 @@ class WireError(Exception):
         self.message = message
 
 
-def _dump_str(text) -> str:
-    out = json.dumps(text)
-    # MicroPython's json leaves non-ASCII as UTF-8; CPython escapes it. Make both
-    # escape, so the wire stays ASCII and both encoders produce the same bytes.
-    for ch in out:
-        if ord(ch) > 126:
-            break
-    else:
+def _canonical(value):
+    """`value` with every dict replaced by an OrderedDict in sorted key order, so one
+    json.dumps call (C code on MicroPython) gives the canonical text."""
+    kind = type(value)
+    if kind is dict:
+        ordered = OrderedDict()
+        for key in sorted(value):
+            if type(key) is not str:
+                raise TypeError("frame keys must be str")
+            ordered[key] = _canonical(value[key])
+        return ordered
+    if kind is list or kind is tuple:
+        for item in value:
+            if type(item) is not int:
+                return [_canonical(item) for item in value]
+        return value                      # a list of ints (telemetry) as it is
+    if value is None or kind is int or kind is str or kind is bool:
+        return value
+    raise TypeError("not encodable on the wire: %s" % kind.__name__)
+
+
+def dumps(value) -> str:
+    """Canonical JSON text of `value` (dict/list/tuple/str/int/bool/None): sorted keys,
+    ", " / ": " separators, printable ASCII (non-ASCII and DEL as \\uXXXX)."""
+    out = json.dumps(_canonical(value))
+    # MicroPython's json leaves non-ASCII (and DEL) as they are; CPython escapes
+    # non-ASCII. Escape both, so the wire stays printable ASCII and both encoders
+    # produce the same bytes. The check runs in C: the common case costs nothing.
+    if len(out.encode()) == len(out) and "\x7f" not in out:
         return out
     parts = []
     for ch in out:
         code = ord(ch)
-        if code <= 126:
+        if code < 0x7F:
             parts.append(ch)
         elif code < 0x10000:
             parts.append("\\u%04x" % code)
@@ -75,30 +101,6 @@ def _dump_str(text) -> str:
             code -= 0x10000
             parts.append("\\u%04x\\u%04x" % (0xD800 + (code >> 10), 0xDC00 + (code & 0x3FF)))
     return "".join(parts)
-
-
-def dumps(value) -> str:
-    """Canonical JSON text of `value` (dict/list/tuple/str/int/bool/None)."""
-    if value is None:
-        return "null"
-    if value is True:
-        return "true"
-    if value is False:
-        return "false"
-    if isinstance(value, int):
-        return str(value)
-    if isinstance(value, str):
-        return _dump_str(value)
-    if isinstance(value, (list, tuple)):
-        return "[" + ", ".join([dumps(item) for item in value]) + "]"
-    if isinstance(value, dict):
-        items = []
-        for key in sorted(value):
-            if not isinstance(key, str):
-                raise TypeError("frame keys must be str")
-            items.append(_dump_str(key) + ": " + dumps(value[key]))
-        return "{" + ", ".join(items) + "}"
-    raise TypeError("not encodable on the wire: %s" % type(value).__name__)
 
 
 def encode(kind, num, body):
@@ -134,11 +136,13 @@ def decode(line):
         end -= 1
     if end > FRAME_MAX:
         raise WireError(E_FRAME_LONG, "frame longer than %d bytes" % FRAME_MAX)
-    for index in range(end):
-        byte = line[index]
-        if byte < 0x20 or byte > 0x7E:
-            raise WireError(E_FRAME_CHARS, "non-printable byte 0x%02x at %d" % (byte, index))
-    text = bytes(line[:end]).decode()
+    body = bytes(line[:end])
+    if end and (min(body) < 0x20 or max(body) > 0x7E):   # C loops; the index only on error
+        for index in range(end):
+            byte = body[index]
+            if byte < 0x20 or byte > 0x7E:
+                raise WireError(E_FRAME_CHARS, "non-printable byte 0x%02x at %d" % (byte, index))
+    text = body.decode()
     if not text.startswith("@"):
         raise WireError(E_FRAME_SYNTAX, "frame must start with '@'")
     star = text.rfind("*")

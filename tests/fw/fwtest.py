@@ -32,6 +32,9 @@ class _NoPoll:
     def poll(self, timeout):
         return []
 
+    def ipoll(self, timeout):
+        return iter(())
+
 
 def fresh_dir(tag):
     """A new empty folder for a pen's flash."""
