@@ -60,6 +60,7 @@ class App:
         self.rx_overflow = False
         self.rx_errors = 0
         self.store_errors = 0
+        self.tx_errors = 0
         self.event_seq = 0
         self.tm_on = False
         self.tm_sent = 0           # telemetry samples handled (sent or dropped)
@@ -243,7 +244,12 @@ class App:
         self.out.write(frame)
 
     def event(self, body):
-        self._send(wire.encode(wire.KIND_EVENT, self.event_seq, body))
+        try:
+            frame = wire.encode(wire.KIND_EVENT, self.event_seq, body)
+        except ValueError:
+            self.tx_errors += 1      # never crash the loop on an event; the host sees the gap
+        else:
+            self._send(frame)
         self.event_seq = (self.event_seq + 1) % wire.NUM_MODULO
 
     def _send_telemetry(self):
@@ -302,10 +308,11 @@ class App:
             return
         try:
             frame = wire.encode(wire.KIND_RESPONSE, num, self.handle_request(body))
-        except ValueError:
-            # Never crash on an oversized answer: say so (handlers page their output).
-            frame = wire.encode(wire.KIND_RESPONSE, num, {"ok": False, "code": "RESPONSE_TOO_LONG",
-                                                          "msg": "answer exceeds %d bytes" % lim.FRAME_MAX})
+        except ValueError as exc:
+            # Never crash on an answer that cannot be framed (too long: handlers page
+            # their output); say so instead.
+            frame = wire.encode(wire.KIND_RESPONSE, num, {"ok": False, "code": "RESPONSE_UNENCODABLE",
+                                                          "msg": str(exc)[:120]})
         self._send(frame)
 
     def handle_request(self, body):
@@ -366,7 +373,7 @@ class App:
             "counters": {
                 "uptime_ms": ctl.now_ms, "ticks": self.ticks, "overruns": ctl.overruns,
                 "tick_max_us": ctl.tick_max_us, "faults": ctl.faults, "rx_errors": self.rx_errors,
-                "store_errors": self.store_errors,
+                "store_errors": self.store_errors, "tx_errors": self.tx_errors,
                 "cycles": self.cycles, "log_entries": self.log_next,
                 "used_cartridges": len(self.used), "tm_dropped": self.tm_dropped,
             },

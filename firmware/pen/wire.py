@@ -60,6 +60,18 @@ class WireError(Exception):
         self.message = message
 
 
+try:  # CPython: leave non-ASCII raw, as MicroPython does, so one escaping step below serves both
+    json.dumps("", ensure_ascii=False)
+
+    def _raw_dumps(value):
+        return json.dumps(value, ensure_ascii=False)
+except TypeError:  # MicroPython's json.dumps has no ensure_ascii (and leaves non-ASCII raw)
+    _raw_dumps = json.dumps
+
+
+_NO_CONTROL = "control characters cannot go on the wire"
+
+
 def _canonical(value):
     """`value` with every dict replaced by an OrderedDict in sorted key order, so one
     json.dumps call (C code on MicroPython) gives the canonical text."""
@@ -69,6 +81,8 @@ def _canonical(value):
         for key in sorted(value):
             if type(key) is not str:
                 raise TypeError("frame keys must be str")
+            if key and min(key) < " ":
+                raise ValueError(_NO_CONTROL)
             ordered[key] = _canonical(value[key])
         return ordered
     if kind is list or kind is tuple:
@@ -76,7 +90,13 @@ def _canonical(value):
             if type(item) is not int:
                 return [_canonical(item) for item in value]
         return value                      # a list of ints (telemetry) as it is
-    if value is None or kind is int or kind is str or kind is bool:
+    if kind is str:
+        # The two json modules escape control characters differently (\\b vs
+        # \\u0008): the wire carries none (min() is a C loop).
+        if value and min(value) < " ":
+            raise ValueError(_NO_CONTROL)
+        return value
+    if value is None or kind is int or kind is bool:
         return value
     raise TypeError("not encodable on the wire: %s" % kind.__name__)
 
@@ -84,7 +104,7 @@ def _canonical(value):
 def dumps(value) -> str:
     """Canonical JSON text of `value` (dict/list/tuple/str/int/bool/None): sorted keys,
     ", " / ": " separators, printable ASCII (non-ASCII and DEL as \\uXXXX)."""
-    out = json.dumps(_canonical(value))
+    out = _raw_dumps(_canonical(value))
     # MicroPython's json leaves non-ASCII (and DEL) as they are; CPython escapes
     # non-ASCII. Escape both, so the wire stays printable ASCII and both encoders
     # produce the same bytes. The check runs in C: the common case costs nothing.
@@ -95,11 +115,12 @@ def dumps(value) -> str:
         code = ord(ch)
         if code < 0x7F:
             parts.append(ch)
-        elif code < 0x10000:
+        elif code < 0x10000 and not 0xD800 <= code < 0xE000:
             parts.append("\\u%04x" % code)
         else:
-            code -= 0x10000
-            parts.append("\\u%04x\\u%04x" % (0xD800 + (code >> 10), 0xDC00 + (code & 0x3FF)))
+            # Outside the Basic Multilingual Plane (or a lone surrogate): the two
+            # interpreters would decode it differently, so the protocol has none.
+            raise ValueError("text outside the Basic Multilingual Plane cannot go on the wire")
     return "".join(parts)
 
 
@@ -155,17 +176,27 @@ def decode(line):
     if len(parts) != 4:
         raise WireError(E_FRAME_SYNTAX, "frame needs version, kind, number and body")
     version, kind, num_text, body_text = parts
-    if not version.isdigit() or int(version) != PROTOCOL_VERSION:
+    if not version.isdigit() or str(int(version)) != version or int(version) != PROTOCOL_VERSION:
         raise WireError(E_FRAME_VERSION, "protocol version %s not supported (pen speaks %d)"
                         % (version[:8], PROTOCOL_VERSION))
     if len(kind) != 1 or kind not in _KINDS:
         raise WireError(E_FRAME_SYNTAX, "unknown frame kind")
-    if not num_text.isdigit() or len(num_text) > 5 or int(num_text) >= NUM_MODULO:
+    if (not num_text.isdigit() or len(num_text) > 5 or str(int(num_text)) != num_text
+            or int(num_text) >= NUM_MODULO):
         raise WireError(E_FRAME_SYNTAX, "bad frame number")
     try:
         body = json.loads(body_text)
-    except Exception:  # ValueError on both; be total whatever the parser raises
-        raise WireError(E_FRAME_BODY, "body is not valid JSON")
+        # Only the canonical text is a valid body. MicroPython's json.loads is
+        # lenient (trailing commas, missing colons, leading zeros ...) where
+        # CPython's is not; requiring the encoder's exact output makes both
+        # decoders accept the same frames, and refuses floats (integer units).
+        # Text outside the Basic Multilingual Plane fails here too (dumps refuses it):
+        # the interpreters decode surrogate pairs to different strings.
+        canonical = dumps(body) == body_text
+    except Exception:  # ValueError, TypeError, RecursionError: be total whatever happens
+        raise WireError(E_FRAME_BODY, "body is not valid canonical JSON")
     if not isinstance(body, dict):
         raise WireError(E_FRAME_BODY, "body must be a JSON object")
+    if not canonical:
+        raise WireError(E_FRAME_BODY, "body is not canonical JSON (sorted keys, ', ' and ': ', integers)")
     return kind, int(num_text), body
