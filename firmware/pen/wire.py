@@ -60,16 +60,19 @@ class WireError(Exception):
         self.message = message
 
 
-try:  # CPython: leave non-ASCII raw, as MicroPython does, so one escaping step below serves both
-    json.dumps("", ensure_ascii=False)
+# CPython: leave non-ASCII raw, as MicroPython's json.dumps does (it has no
+# ensure_ascii), so the one escaping step in dumps() serves both.
+_json_dumps = getattr(json, "dumps")
+try:
+    _json_dumps("", ensure_ascii=False)
+    _DUMPS_OPTIONS = {"ensure_ascii": False}
+except TypeError:
+    _DUMPS_OPTIONS = {}
 
-    def _raw_dumps(value):
-        return json.dumps(value, ensure_ascii=False)
-except TypeError:  # MicroPython's json.dumps has no ensure_ascii (and leaves non-ASCII raw)
-    _raw_dumps = json.dumps
 
-
-_NO_CONTROL = "control characters cannot go on the wire"
+# How the json modules escape control characters (CPython: \\b \\f ..., MicroPython:
+# \\u0008 ...): they differ, so the wire carries no control characters at all.
+_CONTROL_ESCAPES = ("\\u00", "\\b", "\\f", "\\n", "\\r", "\\t")
 
 
 def _canonical(value):
@@ -81,8 +84,6 @@ def _canonical(value):
         for key in sorted(value):
             if type(key) is not str:
                 raise TypeError("frame keys must be str")
-            if key and min(key) < " ":
-                raise ValueError(_NO_CONTROL)
             ordered[key] = _canonical(value[key])
         return ordered
     if kind is list or kind is tuple:
@@ -90,13 +91,7 @@ def _canonical(value):
             if type(item) is not int:
                 return [_canonical(item) for item in value]
         return value                      # a list of ints (telemetry) as it is
-    if kind is str:
-        # The two json modules escape control characters differently (\\b vs
-        # \\u0008): the wire carries none (min() is a C loop).
-        if value and min(value) < " ":
-            raise ValueError(_NO_CONTROL)
-        return value
-    if value is None or kind is int or kind is bool:
+    if value is None or kind is int or kind is str or kind is bool:
         return value
     raise TypeError("not encodable on the wire: %s" % kind.__name__)
 
@@ -104,10 +99,17 @@ def _canonical(value):
 def dumps(value) -> str:
     """Canonical JSON text of `value` (dict/list/tuple/str/int/bool/None): sorted keys,
     ", " / ": " separators, printable ASCII (non-ASCII and DEL as \\uXXXX)."""
-    out = _raw_dumps(_canonical(value))
-    # MicroPython's json leaves non-ASCII (and DEL) as they are; CPython escapes
-    # non-ASCII. Escape both, so the wire stays printable ASCII and both encoders
-    # produce the same bytes. The check runs in C: the common case costs nothing.
+    out = _json_dumps(_canonical(value), **_DUMPS_OPTIONS)
+    if "\\" in out:
+        # Drop escaped backslashes; any escape left that is a control character's
+        # is refused (non-ASCII stays raw from both json modules, so "\\u00" is one).
+        unescaped = out.replace("\\\\", "")
+        for escape in _CONTROL_ESCAPES:
+            if escape in unescaped:
+                raise ValueError("control characters cannot go on the wire")
+    # Both json modules leave non-ASCII (and DEL) raw: escape it here, the same way
+    # on both, so the wire stays printable ASCII. The check runs in C: the common
+    # (ASCII) case costs nothing more.
     if len(out.encode()) == len(out) and "\x7f" not in out:
         return out
     parts = []
