@@ -68,6 +68,7 @@ class App:
         self.ticks = 0
         self.late_hist = array("i", [0] * (_LATE_BUCKETS + 1))
         self.heap_live_max = 0     # largest live heap seen by the `mem` op
+        self.service_max_us = 0    # longest work between two ticks
         self.session = None        # log entry of the running session
         self.last_steril = {"result": "none", "reason": "NONE"}
         self._sync_clock()
@@ -174,9 +175,13 @@ class App:
             deadline = ticks_add(deadline, missed * lim.TICK_US)
         # Next deadline from the previous one, never from "now": no drift.
         self.deadline = ticks_add(deadline, lim.TICK_US)
+        start = board.cpu_ticks_us()
         self.service()
         board.service()
         board.watchdog_feed()
+        spent = ticks_diff(board.cpu_ticks_us(), start)
+        if spent > self.service_max_us:
+            self.service_max_us = spent
 
     def service(self):
         """Bounded work between two ticks."""
@@ -384,12 +389,14 @@ class App:
         hist = self.late_hist
         buckets = [[index, hist[index]] for index in range(len(hist)) if hist[index]]
         reply = {"bucket_us": _LATE_BUCKET_US, "buckets": buckets, "ticks": self.ticks,
-                 "overruns": self.ctl.overruns, "tick_max_us": self.ctl.tick_max_us}
+                 "overruns": self.ctl.overruns, "tick_max_us": self.ctl.tick_max_us,
+                 "service_max_us": self.service_max_us}
         if body.get("reset") is True:
             for index in range(len(hist)):
                 hist[index] = 0
             self.ctl.overruns = 0
             self.ctl.tick_max_us = 0
+            self.service_max_us = 0
         return reply
 
     def cmd_mem(self, body):
