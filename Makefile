@@ -6,7 +6,7 @@ STUBS := $(VENV)/rp2-stubs
 STAMP := $(VENV)/.setup-stamp
 PORT ?=
 
-.PHONY: setup test test-fast check demo sim flash hil bench soak clean
+.PHONY: setup test check demo sim flash hil bench clean
 
 setup: $(STAMP)
 
