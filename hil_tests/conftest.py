@@ -133,9 +133,13 @@ def rig(target):
     return target.rig
 
 
-@pytest.fixture
-def pen(target, recorder, request):
+@pytest.fixture(autouse=True)
+def _measurements_named_after_the_test(recorder, request):
     recorder.current_test = request.node.name
+
+
+@pytest.fixture
+def pen(target):
     handle = target.connect()
     yield handle
     handle.close()

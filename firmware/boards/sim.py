@@ -9,7 +9,7 @@
 #   100 mA + 1.5 mA/Hz with +-3 % skin-contact noise; speed follows the current
 #   surplus (tau ~ 33 ms); one tach edge per stroke, timestamped in the step.
 # - handpiece temperature: first order towards 30 degC + 2 cdegC per mA, tau 60 s.
-# - battery: 1S Li-ion, 3950 mV open circuit, 1 mV per 10 mAh drawn, 150 mohm.
+# - battery: 1S Li-ion, 3950 mV open circuit, 1 mV less per mAh drawn, 150 mohm.
 # - depth actuator: 5 um per step lead screw, hard stop + end-stop switch at
 #   0 um, travel 3000 um, position sensor with +-6 um noise (+-8 um more while
 #   the motor vibrates it); injectable jam.
@@ -47,6 +47,7 @@ _AMBIENT_CC = const(3000)
 _THERMAL_TAU_MS = const(60000)
 _BATT_OCV_MV = const(3950)
 _BATT_R_MOHM = const(150)
+_MAMS_PER_MV = const(3600000)     # 1 mAh (3.6e6 mA*ms) per mV of open-circuit voltage
 _DEPTH_TRAVEL_UM = const(3000)
 _DEPTH_UM_PER_STEP = const(5)
 _LAMP_NEW_PM = const(960)
@@ -159,7 +160,7 @@ class Board:
         t0 = self._plant_us
         self.steps += 1
         # battery sags under the motor current
-        ocv = _BATT_OCV_MV - self.used_mas // 36000
+        ocv = _BATT_OCV_MV - self.used_mas // _MAMS_PER_MV
         if self.inj_low_battery:
             ocv = 3150
         vbat = ocv - self.current_ma * _BATT_R_MOHM // 1000
