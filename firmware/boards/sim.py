@@ -84,17 +84,11 @@ class Board:
         # depth: the carriage is wherever the last power cut left it
         self.carriage_um = (self._rand() % 241) * _DEPTH_UM_PER_STEP
         # dock / UV / cartridge
-        self.lid = True
         self.uv_led = False
         self.lamp_on_ms = 0
         self.cartridge = None
-        # injections
-        self.inj_stall = False
-        self.inj_overcurrent = False
-        self.inj_overtemp = False
-        self.inj_tach_loss = False
-        self.inj_depth_jam = False
-        self.inj_low_battery = False
+        # injections (none; lid closed: the pen sits in its dock)
+        self.clear_injections()
         self.inject_us = -1
         self.steps = 0                 # plant steps since power-on
         self._sample_sensors()
