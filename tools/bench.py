@@ -164,6 +164,30 @@ def bench_realtime(work, seconds):
     return live, timing
 
 
+SLEEP_FLOOR = """\
+import time
+late = []
+for i in range(20000):
+    t = time.ticks_us()
+    time.sleep_us(150)
+    late.append(time.ticks_diff(time.ticks_us(), t) - 150)
+late.sort()
+print(late[len(late) * 99 // 100], late[len(late) * 999 // 1000])
+"""
+
+
+def bench_sleep_floor():
+    """The platform's floor for tick lateness: how late a bare 150 us sleep of the same
+    interpreter wakes up, with the virtual pen's timer slack (same process set-up)."""
+    from penctl.simpen import _CHILD_SETUP
+    out = subprocess.run([MICROPYTHON, "-c", SLEEP_FLOOR], capture_output=True, text=True, check=True,
+                         preexec_fn=_CHILD_SETUP).stdout.split()
+    p99, p999 = int(out[0]), int(out[1])
+    record("  platform floor: bare sleep_us(150) overshoot p99", "us", p99, None, "report", True,
+           note="20000 sleeps, same interpreter and timer slack as the virtual pen")
+    record("  platform floor: bare sleep_us(150) overshoot p99.9", "us", p999, None, "report", True)
+
+
 # ---- 3. request round trip ---------------------------------------------------------------
 
 def roundtrip_samples(port, count):
@@ -314,6 +338,7 @@ def main():
     try:
         bench_tick(rounds=9)
         live, _timing = bench_realtime(work, args.seconds)
+        bench_sleep_floor()
         bench_roundtrip(work, 200)
         size = bench_flash(work, args.repeats)
         bench_fast_clock(work, live)
