@@ -83,7 +83,7 @@ class App:
         self.unlocked = bool(lockout and lockout.get("unlocked") is True)
         self.cycles = lockout.get("cycles", 0) if lockout else 0
         carts = self.store.read(_REC_CARTRIDGES)
-        self.cartridges_ok = carts is not None or not self.store_exists(_REC_CARTRIDGES)
+        self.cartridges_ok = carts is not None or not self.store.exists(_REC_CARTRIDGES)
         self.used = carts.get("used", []) if carts else []
         profiles = self.store.read(_REC_PROFILES)
         self.profiles = profiles.get("profiles", []) if profiles else []
@@ -93,13 +93,6 @@ class App:
             entry = self.store.read(_LOG_PREFIX + str(slot))
             if entry and entry.get("id", -1) >= self.log_next:
                 self.log_next = entry["id"] + 1
-
-    def store_exists(self, name):
-        try:
-            with open(self.store._path(name), "rb"):
-                return True
-        except OSError:
-            return False
 
     def _write(self, name, value):
         # Flash writes only while the motor is off, outside the tick.

@@ -117,8 +117,8 @@ _A_BATTERY = const(3)
 _A_DEPTH = const(4)
 _ALARMS = const(5)
 
-_CHZ_US = const(100000000)
-_CHZ_MS = const(100000)   # cHz * ms per stroke   # cHz * us per stroke: hz_chz = _CHZ_US * strokes // period_us
+_CHZ_US = const(100000000)   # cHz * us per stroke: hz_chz = _CHZ_US * strokes // period_us
+_CHZ_MS = const(100000)      # cHz * ms per stroke
 _INTEG_MAX = const(3000 << 6)
 
 
@@ -130,7 +130,7 @@ class Controller:
         self.fault = F_NONE
         self.fault_ms = 0          # pen time (ms since boot) at which the fault latched
         self.faults = 0            # faults latched since boot
-        self.now_ms = 0            # pen time, advanced by one per tick
+        self.now_ms = 0            # pen time (ms): the app aligns it to the board clock; +1 per tick
         # measured inputs (refreshed every tick)
         self._samples = array("i", [0] * SAMPLE_FIELDS)
         # Alarm confirmation: tick of the last out-of-limit sample and the run of
@@ -224,7 +224,7 @@ class Controller:
         self.depth_set_um = depth_um
         self.hz_set_chz = hz * 100
         self._tach_timeout_ms = TACH_TIMEOUT_PERIODS * 1000 // hz   # expected strokes, ms
-        # Feed-forward voltages for this set point (DESIGN: no per-tick divisions we can avoid).
+        # Feed-forward voltages for this set point, computed once instead of every tick.
         self._ff_mv = MOTOR_FF_MV_OFFSET + hz * MOTOR_FF_MV_PER_HZ
         self._ff_accel_mv = hz * 100 * 10 // SOFT_START_MS * MOTOR_FF_MV_PER_HZ_S_X10 // 10
         self.session_max_ms = max_s * 1000

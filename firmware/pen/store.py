@@ -36,6 +36,14 @@ class Store:
     def _path(self, name):
         return self.folder + "/" + name + ".rec"
 
+    def exists(self, name):
+        """A record file is there (intact or not)."""
+        try:
+            os.stat(self._path(name))
+            return True
+        except OSError:
+            return False
+
     def read(self, name):
         """The record's body (dict), or None if missing or not intact."""
         try:
