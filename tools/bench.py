@@ -63,14 +63,14 @@ def cpu_seconds(pid):
     return (int(fields[11]) + int(fields[12])) / CLK_TCK      # utime + stime
 
 
-def percentile(buckets, bucket_us, fraction):
-    total = sum(count for _, count in buckets)
-    target = fraction * total
+def percentile(hist, bucket_us, fraction):
+    """Lateness at `fraction` from the pen's histogram (upper edge of the bucket)."""
+    target = fraction * sum(hist)
     seen = 0
-    for index, count in sorted(buckets):
+    for index, count in enumerate(hist):
         seen += count
         if seen >= target:
-            return (index + 1) * bucket_us            # upper edge of the bucket
+            return (index + 1) * bucket_us
     return None
 
 
@@ -148,8 +148,8 @@ def bench_realtime(work, seconds):
             pen.telemetry_on(False)
     span_s = (rows[-1] - rows[0]) / 1000 if len(rows) > 1 else 0
     rate = (len(rows) - 1) / span_s if span_s else 0
-    p99 = percentile(timing["buckets"], timing["bucket_us"], 0.99)
-    p999 = percentile(timing["buckets"], timing["bucket_us"], 0.999)
+    p99 = percentile(timing["hist"], timing["bucket_us"], 0.99)
+    p999 = percentile(timing["hist"], timing["bucket_us"], 0.999)
     cpu_pct = 100 * cpu / wall
     record("tick lateness p99 (real clock)", "us", p99, None, "<= 50", p99 is not None and p99 <= 50,
            note="%d ticks over %.0f s, 5 us buckets (upper edge)" % (timing["ticks"], wall))

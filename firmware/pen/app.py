@@ -378,10 +378,14 @@ class App:
         }
 
     def cmd_timing(self, body):
-        """Tick lateness histogram (non-empty buckets as [bucket, count]) and tick cost."""
+        """Tick lateness histogram, overruns, longest tick and longest between-tick work."""
         hist = self.late_hist
-        buckets = [[index, hist[index]] for index in range(len(hist)) if hist[index]]
-        reply = {"bucket_us": _LATE_BUCKET_US, "buckets": buckets, "ticks": self.ticks,
+        last = len(hist)
+        while last and not hist[last - 1]:
+            last -= 1
+        # Counts per bucket (bucket i: lateness i*bucket_us up to (i+1)*bucket_us, the last
+        # one everything later), trailing empty buckets left out: always fits one frame.
+        reply = {"bucket_us": _LATE_BUCKET_US, "hist": list(hist[:last]), "ticks": self.ticks,
                  "overruns": self.ctl.overruns, "tick_max_us": self.ctl.tick_max_us,
                  "service_max_us": self.service_max_us}
         if body.get("reset") is True:
