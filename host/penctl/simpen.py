@@ -823,17 +823,27 @@ class VirtualPen:
             return
         self._child_ended(child)
 
-    def _read_status(self, child: _Child) -> None:
+    def _read_pipe(self, child: _Child, attr: str, size: int) -> bytes | None:
+        """Non-blocking read of one of the child's pipes (`attr` names its fd); at EOF the
+        pipe is unregistered and closed. None when there is nothing to handle."""
+        fd = getattr(child, attr)
         try:
-            data = os.read(child.status_fd, 4096)
+            data = os.read(fd, size)
         except BlockingIOError:
-            return
+            return None
         except OSError:
             data = b""
         if not data:
-            self._sel.unregister(child.status_fd)
-            _close(child.status_fd)
-            child.status_fd = None
+            assert self._sel is not None
+            self._sel.unregister(fd)
+            _close(fd)
+            setattr(child, attr, None)
+            return None
+        return data
+
+    def _read_status(self, child: _Child) -> None:
+        data = self._read_pipe(child, "status_fd", 4096)
+        if data is None:
             return
         for b in data:
             if b in (0x42, 0x62):  # B / b
@@ -994,16 +1004,8 @@ class VirtualPen:
                 cb({"ok": False, "error": "rig channel timeout (firmware did not answer)"})
 
     def _read_rig(self, child: _Child) -> None:
-        try:
-            data = os.read(child.rig_r, 65536)
-        except BlockingIOError:
-            return
-        except OSError:
-            data = b""
-        if not data:
-            self._sel.unregister(child.rig_r)
-            _close(child.rig_r)
-            child.rig_r = None
+        data = self._read_pipe(child, "rig_r", 65536)
+        if data is None:
             return
         child.rig_rbuf += data
         while True:
