@@ -439,3 +439,21 @@ def test_auto_detect_single_pen(monkeypatch, capsys, vpen):
                         lambda: [_FakePort(vpen.port), _FakePort("/dev/ttyUSB0", vid=0x0403, pid=0x6001)])
     assert cli.main(["--json", "info"]) == 0
     assert json.loads(capsys.readouterr().out)["serial"] == vpen.serial
+
+
+def test_flash_refused_while_a_session_runs(fresh_pen):
+    # Flashing breaks into the firmware (the motor stops): never behind the user's back.
+    port = fresh_pen.port
+    ok(run("profile", "push", SCALP, port=port))
+    ok(run("profile", "use", "scalp-crown", port=port))
+    ok(run("sterilise", port=port))
+    rig(fresh_pen, {"op": "cartridge", "id": "F1A5F1A5"})
+    ok(run("session", "start", port=port))
+    wait_motor(fresh_pen, True)
+    error = refused(run("flash", port=port, timeout=120), "BUSY")
+    assert "session stop" in error["message"]
+    assert ok(run("info", port=port))["state"] == "RUNNING"      # nothing happened to it
+    ok(run("session", "stop", port=port))
+    wait_state(fresh_pen, ("LOCKED",))
+    report = ok(run("flash", port=port, timeout=120))["report"]  # idle: flashing goes ahead
+    assert report["protocol"] == 1

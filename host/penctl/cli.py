@@ -522,6 +522,27 @@ def cmd_fault(args, out):
     return EXIT_OK
 
 
+#: how long `flash` waits for the firmware's answer when it checks the pen is idle
+FLASH_PROBE_TIMEOUT_S = 0.2
+
+
+def _refuse_flash_mid_treatment(port):
+    """Flashing breaks into the firmware (Ctrl-C: the motor stops, S9). Never do that to
+    a running session or sterilisation cycle behind the user's back: refuse, nothing sent
+    but one `info`. A pen that does not answer the protocol (blank, at the REPL) is fine."""
+    from penctl.transport import SerialLink
+
+    try:
+        with SerialLink(port, request_timeout=FLASH_PROBE_TIMEOUT_S,
+                        open_timeout=FLASH_PROBE_TIMEOUT_S) as link:
+            state = link.request({"op": "info"}).get("state")
+    except errors.PenctlError:
+        return
+    if state in ("RUNNING", "STERILISING"):
+        raise errors.PenRefused("BUSY", "the pen is %s: stop it first (penctl session stop / wait for the "
+                                "cycle); flashing would interrupt it" % state)
+
+
 def cmd_flash(args, out):
     from penctl.discover import resolve_port
 
@@ -539,6 +560,7 @@ def cmd_flash(args, out):
             text += " " + " ".join("%s=%s" % kv for kv in named.items())
         out.progress("flash: " + text.strip()[:100])
 
+    _refuse_flash_mid_treatment(port)
     kwargs = {"source_dir": args.source, "progress": progress}
     if args.timeout is not None:
         kwargs["timeout"] = args.timeout
