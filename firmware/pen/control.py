@@ -181,18 +181,9 @@ class Controller:
         self.tm_count = 0          # samples written since boot (index = count % RING)
         self._tm_next = 0          # pen time of the next sample
 
-    # Latest analogue inputs (the tick reads them into _samples, once). Methods,
-    # not properties: a property on the class slows every attribute store in
-    # MicroPython (each store then looks for a setter).
-    def current_ma(self):
-        return self._samples[SAMPLE_CURRENT_MA]
-
-    def battery_mv(self):
-        return self._samples[SAMPLE_BATTERY_MV]
-
-    def temp_cdegc(self):
-        return self._samples[SAMPLE_TEMP_CDEGC]
-
+    # The latest depth reading (the tick reads the inputs into _samples, once). A
+    # method, not a property: a property on the class slows every attribute store
+    # in MicroPython (each store then looks for a setter).
     def depth_um(self):
         return self._samples[SAMPLE_DEPTH_UM]
 

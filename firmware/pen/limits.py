@@ -75,15 +75,3 @@ TELEMETRY_RING = const(64)         # samples kept
 FRAME_MAX = const(2048)            # bytes per frame, newline excluded (16 profiles fit one reply)
 RX_BYTES_PER_PASS = const(64)      # bounded protocol work per loop pass
 
-
-def limits_dict():
-    """Limits as reported by `info` (host units)."""
-    return {
-        "depth_min_mm": DEPTH_MIN_UM / 1000,
-        "depth_max_mm": DEPTH_MAX_UM / 1000,
-        "depth_step_mm": DEPTH_STEP_UM / 1000,
-        "hz_min": HZ_MIN,
-        "hz_max": HZ_MAX,
-        "session_min_s": SESSION_MIN_S,
-        "session_max_s": SESSION_MAX_S,
-    }

@@ -184,6 +184,17 @@ def _set_nonblocking(fd: int) -> None:
     os.set_blocking(fd, False)
 
 
+def _write_some(fd: int, buf: bytearray) -> None:
+    """Non-blocking write of what the fd takes now, removed from `buf`; a dead fd drops it all."""
+    try:
+        n = os.write(fd, buf)
+        del buf[:n]
+    except BlockingIOError:
+        pass
+    except OSError:
+        buf.clear()
+
+
 def _close(fd: int | None) -> None:
     if fd is not None:
         try:
@@ -624,13 +635,7 @@ class VirtualPen:
 
     def _flush_out(self) -> None:
         if self._out:
-            try:
-                n = os.write(self._master, self._out)
-                del self._out[:n]
-            except BlockingIOError:
-                pass
-            except OSError:
-                self._out.clear()
+            _write_some(self._master, self._out)
         if not self._out:
             self._update_master_mask()
 
@@ -797,13 +802,7 @@ class VirtualPen:
 
     def _flush_child_in(self, child: _Child) -> None:
         if child.inbuf and child.alive and child.stdin_fd is not None:
-            try:
-                n = os.write(child.stdin_fd, child.inbuf)
-                del child.inbuf[:n]
-            except BlockingIOError:
-                pass
-            except OSError:
-                child.inbuf.clear()
+            _write_some(child.stdin_fd, child.inbuf)
         if not child.inbuf and child.in_registered and self._sel is not None:
             self._sel.unregister(child.stdin_fd)
             child.in_registered = False
