@@ -10,10 +10,11 @@ PORT ?=
 
 setup: $(STAMP)
 
-$(STAMP): pyproject.toml Makefile
+$(STAMP): pyproject.toml constraints.txt Makefile
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip==25.3
-	$(BIN)/pip install -q -e '.[dev]'
+	# Exact versions from constraints.txt; pyproject.toml holds the compatible ranges.
+	$(BIN)/pip install -q -c constraints.txt -e '.[dev,plot,sim]'
 	# RP2040 stubs in their own folder so they never shadow CPython's stdlib.
 	$(BIN)/pip install -q --no-deps --target $(STUBS) micropython-rp2-rpi-pico-stubs==1.29.0.post1 micropython-stdlib-stubs==1.29.0.post2
 	$(BIN)/micropython -c "import sys; print('micropython ok', sys.implementation.version)"

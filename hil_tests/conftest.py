@@ -23,7 +23,7 @@ def pytest_addoption(parser):
     group.addoption("--pen-port", default=None,
                     help="serial port or pyserial URL of a real pen (default: a virtual pen)")
     group.addoption("--rig-socket", default=None,
-                    help="rig socket (JSON lines, DESIGN 5) for a real pen's bench fixture")
+                    help="rig socket (JSON lines, docs/design.md §5) for a real pen's bench fixture")
     group.addoption("--hil-report", default=None, help="write the HIL report into this folder")
     group.addoption("--hil-clock", default="fast", choices=("fast", "real"),
                     help="virtual pen's clock (default fast: the same tests, in less wall time)")
@@ -109,7 +109,7 @@ def target(pytestconfig, report_dir, tmp_path_factory):
         tgt.close()
         return
     from penctl.flash import flash_firmware
-    from penctl.simpen import VirtualPen
+    from pensim.supervisor import VirtualPen
 
     base = tmp_path_factory.mktemp("vpen")
     sock = str(base / "rig.sock")

@@ -4,7 +4,7 @@ A `Rig` is what a HIL fixture can do to a pen besides talking to it: inject a
 fault, insert or remove a cartridge, cut and restore power, and measure the true
 plant state. Three implementations:
 
-- `SimRig`: the virtual pen's rig socket (`penctl sim --control SOCK`, DESIGN 5).
+- `SimRig`: the virtual pen's rig socket (`penctl sim --control SOCK`, docs/design.md §5).
 - `NoRig`: a real pen on a bench with no fixture; every operation raises
   `RigUnavailable`, which the tests turn into a skip that names what is needed.
 - `FakeRig`: in memory, records calls; used to test the harness itself.

@@ -1,10 +1,10 @@
-"""Handshake, protocol version, flashing, profiles (DESIGN 3, 4)."""
+"""Handshake, protocol version, flashing, profiles (docs/design.md §3, 4)."""
 import pytest
 
 from hil_tests.helpers import recover
 from penctl.errors import PenRefused, UsageError
 
-PROTOCOL_VERSION = 1   # DESIGN 3: the version this host speaks
+PROTOCOL_VERSION = 2   # docs/design.md §3: the version this host speaks
 
 
 def test_fresh_pen_is_locked(pen):
@@ -52,7 +52,7 @@ def test_profile_round_trip(pen, rig):
 
 
 # Each bad value sent straight to the pen (defence in depth: the host would refuse it
-# before sending), with the code the pen must answer. Limits from DESIGN 2.1 / 4.
+# before sending), with the code the pen must answer. Limits from docs/design.md §2.1 / 4.
 BAD_ON_PEN = [
     ({"depth_um": 200}, "DEPTH_RANGE"),
     ({"depth_um": 2550}, "DEPTH_RANGE"),

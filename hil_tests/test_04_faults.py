@@ -4,7 +4,7 @@ import pytest
 from hil_tests.conftest import need_rig
 from hil_tests.helpers import last_log, start_session, wait_motor, wait_pen_seconds, wait_state
 
-TICK_MS = 1.0           # DESIGN 2: 1 kHz control tick
+TICK_MS = 1.0           # docs/design.md §2: 1 kHz control tick
 MAX_TICKS = 2           # S2 / S4: motor off within 2 ticks
 STROKE_HZ = 100
 

@@ -132,10 +132,10 @@ def test_s7_power_cut_during_flash(target, pen, rig, recorder, tmp_path):
     assert cut, "the flash never reached the %s stage" % cut_stage
     rig.power_on()
     handle = _reconnect(target)            # the previous firmware boots, never a half-written one
-    assert handle.ping()["protocol"] == 1
+    assert handle.ping()["protocol"] == 2
     handle.close()
     report = flash_firmware(target.port, source_dir=source)       # flashing again completes
     assert report["changed"], "the second flash did not switch to the new build: %r" % report
     restored = flash_firmware(target.port)                         # back to the tree under test
-    recorder.check("flash after a cut mid-flash", int(report["protocol"] == 1 and restored["protocol"] == 1),
+    recorder.check("flash after a cut mid-flash", int(report["protocol"] == 2 and restored["protocol"] == 2),
                    "ok", 1, 1)

@@ -1,5 +1,5 @@
 """`penctl` end to end: every command run as a subprocess (the installed entry point)
-against a virtual pen on the fast clock (DESIGN 4 and 5)."""
+against a virtual pen on the fast clock (docs/design.md §4 and 5)."""
 
 import csv
 import json
@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from penctl.simpen import VirtualPen
+from pensim.supervisor import VirtualPen
 
 ROOT = Path(__file__).resolve().parents[1]
 SCALP = str(ROOT / "profiles" / "scalp.toml")
@@ -107,7 +107,7 @@ def test_info_json_keys(vpen):
     assert info["limits"]["depth_min_mm"] == 0.25 and info["limits"]["depth_max_mm"] == 2.5
     assert info["limits"]["depth_step_mm"] == 0.05
     assert (info["limits"]["hz_min"], info["limits"]["hz_max"]) == (50, 150)
-    assert info["protocol"] == 1 and info["board"] == "sim" and info["serial"] == vpen.serial
+    assert info["protocol"] == 2 and info["board"] == "sim" and info["serial"] == vpen.serial
     assert info["state"] in ("LOCKED", "READY")
     assert isinstance(info["depth_mm"], float) and -0.05 <= info["depth_mm"] <= 3.0   # sensor noise
 
@@ -335,7 +335,7 @@ def test_sim_command(tmp_path):
 def test_flash_blank_pen_then_info():
     with VirtualPen(clock="fast", blank=True) as pen:
         report = ok(run("flash", port=pen.port, timeout=120))["report"]
-        assert report["changed"] is True and report["protocol"] == 1
+        assert report["changed"] is True and report["protocol"] == 2
         again = run("flash", port=pen.port, json_out=False, timeout=120)
         assert again.rc == 0 and "up to date" in again.stdout, again
         assert ok(run("info", port=pen.port))["firmware"]
@@ -456,4 +456,4 @@ def test_flash_refused_while_a_session_runs(fresh_pen):
     ok(run("session", "stop", port=port))
     wait_state(fresh_pen, ("LOCKED",))
     report = ok(run("flash", port=port, timeout=120))["report"]  # idle: flashing goes ahead
-    assert report["protocol"] == 1
+    assert report["protocol"] == 2

@@ -1,6 +1,6 @@
 """`penctl flash` (penctl.flash): compile to .mpy, A/B slots behind the boot stub, power-cut safety.
 
-Unit tests need no pen; the rest flash virtual pens (penctl.simpen) through their pty, as on a board.
+Unit tests need no pen; the rest flash virtual pens (pensim.supervisor) through their pty, as on a board.
 """
 
 from __future__ import annotations
@@ -30,12 +30,12 @@ FIRMWARE = ROOT / "firmware"
 MICROPYTHON = Path(sys.executable).parent / "micropython"
 
 try:
-    from penctl.simpen import VirtualPen
+    from pensim.supervisor import VirtualPen
 except ImportError:  # pragma: no cover - the supervisor is part of the project
     VirtualPen = None
 
 needs_pen = pytest.mark.skipif(VirtualPen is None or not MICROPYTHON.exists(),
-                               reason="virtual pen (penctl.simpen + MicroPython unix port) not available")
+                               reason="virtual pen (pensim.supervisor + MicroPython unix port) not available")
 
 
 @pytest.fixture(autouse=True)
@@ -82,7 +82,8 @@ def at_repl(port: str) -> bool:
 
 def test_compile_every_firmware_file_but_the_stub(build):
     sources = {p.relative_to(FIRMWARE).with_suffix(".mpy").as_posix() for p in FIRMWARE.rglob("*.py")
-               if "__pycache__" not in p.parts and p.name != "boot_stub.py"}
+               if "__pycache__" not in p.parts and p.name != "boot_stub.py"
+               and p.relative_to(FIRMWARE).as_posix() != "__init__.py"}   # host package marker
     assert {f.rel for f in build.files} == sources
     assert "main.mpy" in sources and "pen/app.mpy" in sources and "boards/pico_pen.mpy" in sources
     assert build.stub == (FIRMWARE / "boot_stub.py").read_bytes()
@@ -325,7 +326,7 @@ def test_flash_blank_pen_then_nothing_changed_then_one_file(tmp_path):
             times.append(time.monotonic() - t0)
             assert rep["files_written"] == 0 and rep["bytes_written"] == 0 and not rep["changed"]
             assert rep["protocol"] == limits.PROTOCOL_VERSION
-        assert statistics.median(times) < 0.4, times    # DESIGN 6: nothing changed <= 0.4 s
+        assert statistics.median(times) < 0.4, times    # docs/design.md §6: nothing changed <= 0.4 s
 
         src = firmware_copy(tmp_path, base=fw)
         add_comment_line(src / "pen" / "profiles.py")

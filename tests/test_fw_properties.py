@@ -4,7 +4,7 @@
   through pen.profiles and through App.handle_request: a value is accepted
   exactly when the specification says so, the error code names the rule, and
   a rejected request changes nothing on the pen. Boundaries are written here
-  from DESIGN 2.1, not imported from pen/limits.py.
+  from docs/design.md §2.1, not imported from pen/limits.py.
 - A stateful test of the lockout state machine (S4-S7) against a simple model
   (locked/unlocked, used cartridges, running, fault): sessions start exactly
   when the model says so, and no crash (power cycle) ever unlocks the pen.

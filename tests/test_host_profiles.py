@@ -1,6 +1,6 @@
-"""Profile TOML files (DESIGN 4): validated on the host before anything is sent.
+"""Profile TOML files (docs/design.md §4): validated on the host before anything is sent.
 
-The boundaries below are written from the specification (DESIGN 2.1 S1/S3/S8 and the
+The boundaries below are written from the specification (docs/design.md §2.1 S1/S3/S8 and the
 profile file format), not imported from pen.limits, so a wrong constant shows up here."""
 
 import decimal

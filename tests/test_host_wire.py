@@ -1,4 +1,4 @@
-"""Host side of the wire protocol (DESIGN 3): golden frames, decode fuzzing, and the
+"""Host side of the wire protocol (docs/design.md §3): golden frames, decode fuzzing, and the
 serial transport (id matching, events and gaps, noise, timeouts) over a real pty."""
 
 import json
@@ -18,10 +18,10 @@ from penctl.transport import SerialLink
 # ---- golden vectors (bytes written out by hand; CRC-32 IEEE of the text between @ and *) ----
 
 GOLDEN = [
-    ("Q", 1, {"op": "ping"}, b'@1,Q,1,{"op": "ping"}*0757b4bb\n'),
-    ("R", 1, {"ok": True, "protocol": 1}, b'@1,R,1,{"ok": true, "protocol": 1}*07c4f7a7\n'),
+    ("Q", 1, {"op": "ping"}, b'@2,Q,1,{"op": "ping"}*a8fef971\n'),
+    ("R", 1, {"ok": True, "protocol": 2}, b'@2,R,1,{"ok": true, "protocol": 2}*77fe1571\n'),
     ("E", 0, {"ev": "state", "state": "BOOT", "t_ms": 1},
-     b'@1,E,0,{"ev": "state", "state": "BOOT", "t_ms": 1}*25d87e33\n'),
+     b'@2,E,0,{"ev": "state", "state": "BOOT", "t_ms": 1}*6f410947\n'),
 ]
 
 
@@ -52,7 +52,7 @@ def test_independent_crc_matches_golden():
 def test_canonical_body_sorted_keys_and_escapes():
     frame = wire.encode("Q", 7, {"z": 1, "a": [1, "x", None, False], "m": "é\x7f"})
     inner = frame[1:frame.rindex(b"*")].decode("ascii")
-    assert inner == '1,Q,7,{"a": [1, "x", null, false], "m": "\\u00e9\\u007f", "z": 1}'
+    assert inner == '2,Q,7,{"a": [1, "x", null, false], "m": "\\u00e9\\u007f", "z": 1}'
     assert all(0x20 <= b <= 0x7E for b in frame[:-1])
     assert wire.decode(frame)[2]["m"] == "é\x7f"
 
@@ -61,7 +61,7 @@ def test_text_outside_the_bmp_is_refused_both_ways():
     # MicroPython and CPython decode surrogate pairs to different strings: none on the wire.
     with pytest.raises(ValueError):
         wire.encode("Q", 7, {"m": "😀"})
-    inner = '1,Q,7,{"m": "\\ud83d\\ude00"}'
+    inner = '2,Q,7,{"m": "\\ud83d\\ude00"}'
     frame = ("@%s*%08x" % (inner, zlib.crc32(inner.encode()))).encode()
     with pytest.raises(wire.WireError) as refused:
         wire.decode(frame)
@@ -69,25 +69,26 @@ def test_text_outside_the_bmp_is_refused_both_ways():
 
 
 def test_numbers_wrap_and_floats_are_refused():
-    assert wire.encode("E", 65536, {})[:8] == b"@1,E,0,{"
+    assert wire.encode("E", 65536, {})[:8] == b"@2,E,0,{"
     with pytest.raises(TypeError):
         wire.encode("Q", 1, {"depth": 0.5})       # integer units only on the wire
 
 
 @pytest.mark.parametrize("line,code", [
-    (b'@1,Q,1,{"op": "ping"}*0757b4bc', wire.E_FRAME_CRC),
-    (b'@1,Q,1,{"op": "ping"}*0757B4BB', wire.E_FRAME_SYNTAX),
-    (b'1,Q,1,{"op": "ping"}*0757b4bb', wire.E_FRAME_SYNTAX),
-    (b'@1,Q,1,{"op":\x01"ping"}*0757b4bb', wire.E_FRAME_CHARS),
-    (b'@1,Q,1,{"op": "p\xc3\xa9"}*00000000', wire.E_FRAME_CHARS),
+    (b'@2,Q,1,{"op": "ping"}*a8fef970', wire.E_FRAME_CRC),
+    (b'@2,Q,1,{"op": "ping"}*A8FEF971', wire.E_FRAME_SYNTAX),
+    (b'2,Q,1,{"op": "ping"}*a8fef971', wire.E_FRAME_SYNTAX),
+    (b'@2,Q,1,{"op":\x01"ping"}*a8fef971', wire.E_FRAME_CHARS),
+    (b'@2,Q,1,{"op": "p\xc3\xa9"}*00000000', wire.E_FRAME_CHARS),
     (b"@" + b"x" * FRAME_MAX + b"*00000000", wire.E_FRAME_LONG),
-    (_frame('2,Q,1,{"op": "ping"}'), wire.E_FRAME_VERSION),
-    (_frame('1,X,1,{"op": "ping"}'), wire.E_FRAME_SYNTAX),
-    (_frame('1,Q,65536,{"op": "ping"}'), wire.E_FRAME_SYNTAX),
-    (_frame('1,Q,-1,{"op": "ping"}'), wire.E_FRAME_SYNTAX),
-    (_frame('1,Q,1'), wire.E_FRAME_SYNTAX),
-    (_frame('1,Q,1,[1, 2]'), wire.E_FRAME_BODY),
-    (_frame('1,Q,1,{"op": '), wire.E_FRAME_BODY),
+    (_frame('1,Q,1,{"op": "ping"}'), wire.E_FRAME_VERSION),     # protocol 1: before telemetry leases
+    (_frame('3,Q,1,{"op": "ping"}'), wire.E_FRAME_VERSION),
+    (_frame('2,X,1,{"op": "ping"}'), wire.E_FRAME_SYNTAX),
+    (_frame('2,Q,65536,{"op": "ping"}'), wire.E_FRAME_SYNTAX),
+    (_frame('2,Q,-1,{"op": "ping"}'), wire.E_FRAME_SYNTAX),
+    (_frame('2,Q,1'), wire.E_FRAME_SYNTAX),
+    (_frame('2,Q,1,[1, 2]'), wire.E_FRAME_BODY),
+    (_frame('2,Q,1,{"op": '), wire.E_FRAME_BODY),
 ])
 def test_decode_rejects_with_stable_codes(line, code):
     with pytest.raises(wire.WireError) as info:
@@ -97,7 +98,7 @@ def test_decode_rejects_with_stable_codes(line, code):
 
 def test_decode_rejects_non_bytes():
     with pytest.raises(wire.WireError):
-        wire.decode('@1,Q,1,{"op": "ping"}*0757b4bb')
+        wire.decode('@2,Q,1,{"op": "ping"}*a8fef971')
 
 
 @settings(max_examples=800, deadline=None)
@@ -205,7 +206,7 @@ def test_transport_matches_response_by_id_and_queues_events(fake):
             assert kind == "Q" and num == 1 and body == {"op": "info"}
             fake.send(wire.encode("R", 999, {"ok": True, "stale": True}))      # not ours: ignored
             fake.send(wire.encode("E", 7, {"ev": "tm"}))                        # seq 6 missing
-            fake.send(b'@1,R,1,{"ok": true}*deadbeef\n')                        # bad CRC: noise
+            fake.send(b'@2,R,1,{"ok": true}*deadbeef\n')                        # bad CRC: noise
             fake.send(wire.encode("R", 1, {"ok": True, "state": "LOCKED"}))
 
         thread = threading.Thread(target=answer)
@@ -261,10 +262,10 @@ def test_transport_recognises_the_repl(fake):
 def test_transport_foreign_protocol_version(fake):
     link = SerialLink(fake.port, request_timeout=2).open()
     try:
-        fake.send(_frame('2,R,1,{"ok": true}'))
+        fake.send(_frame('1,R,1,{"ok": true}'))
         with pytest.raises(ProtocolError) as info:
             link.request({"op": "ping"})
-        assert "protocol version 2" in info.value.message
+        assert "protocol version 1" in info.value.message
     finally:
         link.close()
 

@@ -1,4 +1,4 @@
-"""The virtual pen supervisor (penctl.simpen) and its REPL shim, driven like a board:
+"""The virtual pen supervisor (pensim.supervisor) and its REPL shim, driven like a board:
 stock mpremote and pyserial on the pty, JSON lines on the rig socket."""
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 import serial
 
-from penctl.simpen import VirtualPen
+from pensim.supervisor import VirtualPen
 
 HERE = Path(__file__).resolve().parent
 FIXTURE_MAIN = HERE / "simfixtures" / "tick_main.py"
@@ -404,7 +404,7 @@ def test_fixture_env(fw_pen):
 
 def test_run_sim_foreground(tmp_path, sockdir):
     link = sockdir / "pen0"
-    code = ("import sys; from penctl.simpen import run_sim; "
+    code = ("import sys; from pensim.supervisor import run_sim; "
             f"sys.exit(run_sim(link={str(link)!r}, blank=True, control={str(sockdir / 'c.sock')!r}, "
             "json_out=True))")
     proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
@@ -429,7 +429,7 @@ def test_run_sim_foreground(tmp_path, sockdir):
 
 def test_run_sim_text_and_sigint(tmp_path):
     state = tmp_path / "flash"
-    code = ("import sys; from penctl.simpen import run_sim; "
+    code = ("import sys; from pensim.supervisor import run_sim; "
             f"sys.exit(run_sim(state_dir={str(state)!r}))")
     proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     try:

@@ -1,4 +1,4 @@
-"""Decoder fuzzing on both interpreters (DESIGN 3): a few thousand inputs drawn with
+"""Decoder fuzzing on both interpreters (docs/design.md §3): a few thousand inputs drawn with
 hypothesis (random bytes, valid frames with mutated bytes, frames with a correct CRC
 around random or JSON-like inner text, truncations, oversized frames) plus the golden
 and malformed vectors go through `pen.wire.decode` in ONE MicroPython process and in

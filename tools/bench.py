@@ -1,4 +1,4 @@
-"""`make bench`: every performance budget of DESIGN 6, measured side by side with its
+"""`make bench`: every performance budget of docs/design.md §6, measured side by side with its
 baseline in one run. Prints a table and writes bench.json:
 {"budgets": [{"name", "unit", "measured", "baseline", "ratio", "budget", "pass"}, ...]}.
 Methods: docs/performance.md.
@@ -18,7 +18,7 @@ import serial
 
 from penctl.client import Pen
 from penctl.flash import compile_firmware, flash_firmware
-from penctl.simpen import VirtualPen
+from pensim.supervisor import VirtualPen
 
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
@@ -179,7 +179,7 @@ print(late[len(late) * 99 // 100], late[len(late) * 999 // 1000])
 def bench_sleep_floor():
     """The platform's floor for tick lateness: how late a bare 150 us sleep of the same
     interpreter wakes up, with the virtual pen's timer slack (same process set-up)."""
-    from penctl.simpen import _CHILD_SETUP
+    from pensim.supervisor import _CHILD_SETUP
     out = subprocess.run([MICROPYTHON, "-c", SLEEP_FLOOR], capture_output=True, text=True, check=True,
                          preexec_fn=_CHILD_SETUP).stdout.split()
     p99, p999 = int(out[0]), int(out[1])

@@ -2,6 +2,7 @@
 # rules that need the flash (S5-S8), the command set over the wire protocol,
 # telemetry and events. Platform-agnostic: it receives the board.
 import gc
+import os
 import sys
 from array import array
 
@@ -10,12 +11,13 @@ try:
 except ImportError:  # pragma: no cover
     import uselect as select  # type: ignore
 
-from pen import control as c
-from pen import limits as lim
-from pen import wire
-from pen.compat import ticks_add, ticks_diff
-from pen.profiles import ProfileError, check_name, check_profile
-from pen.store import Store, StoreError
+from . import control as c
+from . import limits as lim
+from . import proto
+from . import wire
+from .compat import ticks_add, ticks_diff
+from .profiles import ProfileError, check_name, check_profile
+from .store import Store, StoreError
 
 _REC_LOCKOUT = "lockout"
 _REC_CARTRIDGES = "cartridges"
@@ -62,7 +64,13 @@ class App:
         self.store_errors = 0
         self.tx_errors = 0
         self.event_seq = 0
+        # Telemetry is a lease (docs/design.md §3.4): a subscription `tm_sub` may send `tm_left`
+        # more samples; the host renews it, so a client that died stops the stream.
         self.tm_on = False
+        self.tm_sub = 0
+        self.tm_next_sub = _random_int(3) or 1
+        self.tm_left = 0
+        self.tm_from = 0           # index of the subscription's first sample
         self.tm_sent = 0           # telemetry samples handled (sent or dropped)
         self.tm_dropped = 0
         self.ticks = 0
@@ -258,8 +266,12 @@ class App:
             self.tm_sent += skipped
         base = (self.tm_sent % lim.TELEMETRY_RING) * c.TM_FIELDS
         sample = list(ctl.tm_ring[base:base + c.TM_FIELDS])
-        self.event({"ev": "tm", "n": self.tm_sent, "s": sample})
+        self.event({"ev": "tm", "sub": self.tm_sub, "n": self.tm_sent, "s": sample})
         self.tm_sent += 1
+        self.tm_left -= 1
+        if self.tm_left <= 0:
+            self.tm_on = False     # lease used up: the host did not renew it
+            self.event({"ev": "tm_end", "sub": self.tm_sub, "reason": "LEASE"})
 
     def _receive(self):
         budget = lim.RX_BYTES_PER_PASS
@@ -309,7 +321,7 @@ class App:
         except ValueError as exc:
             # Never crash on an answer that cannot be framed (too long: handlers page
             # their output); say so instead.
-            frame = wire.encode(wire.KIND_RESPONSE, num, {"ok": False, "code": "RESPONSE_UNENCODABLE",
+            frame = wire.encode(wire.KIND_RESPONSE, num, {"ok": False, "code": proto.E_RESPONSE_UNENCODABLE,
                                                           "msg": str(exc)[:120]})
         self._send(frame)
 
@@ -318,7 +330,7 @@ class App:
         op = body.get("op")
         handler = _HANDLERS.get(op) if isinstance(op, str) else None
         if handler is None:
-            return {"ok": False, "code": "UNKNOWN_OP", "msg": "unknown op %r" % (op,)}
+            return {"ok": False, "code": proto.E_UNKNOWN_OP, "msg": "unknown op %r" % (op,)}
         try:
             result = handler(self, body)
         except PenError as exc:
@@ -326,9 +338,9 @@ class App:
         except ProfileError as exc:
             return {"ok": False, "code": exc.code, "msg": exc.message, "field": exc.field}
         except StoreError as exc:
-            return {"ok": False, "code": "STORE", "msg": str(exc)}
+            return {"ok": False, "code": proto.E_STORE, "msg": str(exc)}
         except Exception as exc:
-            return {"ok": False, "code": "INTERNAL", "msg": repr(exc)[:120]}
+            return {"ok": False, "code": proto.E_INTERNAL, "msg": repr(exc)[:120]}
         result["ok"] = True
         return result
 
@@ -336,13 +348,13 @@ class App:
 
     def _require_not_running(self):
         if self.ctl.state in (c.RUNNING, c.STERILISING):
-            raise PenError("BUSY", "not while %s" % c.STATE_NAMES[self.ctl.state])
+            raise PenError(proto.E_BUSY, "not while %s" % c.STATE_NAMES[self.ctl.state])
 
     def _find_profile(self, name):
         for profile in self.profiles:
             if profile["name"] == name:
                 return profile
-        raise PenError("UNKNOWN_PROFILE", "no profile named '%s' on the pen" % name)
+        raise PenError(proto.E_UNKNOWN_PROFILE, "no profile named '%s' on the pen" % name)
 
     def cmd_ping(self, body):
         return {"protocol": lim.PROTOCOL_VERSION}
@@ -409,7 +421,7 @@ class App:
         profile = check_profile(body.get("profile"))
         kept = [p for p in self.profiles if p["name"] != profile["name"]]
         if len(kept) >= lim.PROFILES_MAX:
-            raise PenError("PROFILES_FULL", "the pen holds at most %d profiles" % lim.PROFILES_MAX)
+            raise PenError(proto.E_PROFILES_FULL, "the pen holds at most %d profiles" % lim.PROFILES_MAX)
         kept.append(profile)
         previous = self.profiles
         self.profiles = kept
@@ -453,17 +465,17 @@ class App:
 
     def _refuse_if_fault(self):
         if self.ctl.state == c.FAULT:
-            raise PenError("FAULT", "latched fault %s: run 'fault clear' first"
+            raise PenError(proto.E_FAULT, "latched fault %s: run 'fault clear' first"
                            % c.FAULT_NAMES[self.ctl.fault])
 
     def cmd_sterilise_start(self, body):
         self._refuse_if_fault()
         state = self.ctl.state
         if state == c.BOOT:
-            raise PenError("BUSY", "the pen is still homing")
+            raise PenError(proto.E_BUSY, "the pen is still homing")
         self._require_not_running()
         if not self.board.lid_closed():
-            raise PenError("LID_OPEN", "close the dock lid to sterilise")
+            raise PenError(proto.E_LID_OPEN, "close the dock lid to sterilise")
         if self.unlocked:
             # A new cycle replaces a previous unlock: the pen is LOCKED until it
             # completes, in flash too, so neither an aborted cycle nor a power
@@ -492,7 +504,7 @@ class App:
 
     def cmd_sterilise_cancel(self, body):
         if self.ctl.state != c.STERILISING:
-            raise PenError("NOT_STERILISING", "no sterilisation cycle is running")
+            raise PenError(proto.E_NOT_STERILISING, "no sterilisation cycle is running")
         self.ctl.cancel_sterilising()
         return {}
 
@@ -500,22 +512,22 @@ class App:
         ctl = self.ctl
         self._refuse_if_fault()
         if ctl.state == c.LOCKED or (ctl.state == c.BOOT and not self.unlocked):
-            raise PenError("LOCKED", "the pen is locked: run a sterilisation cycle first")
+            raise PenError(proto.E_LOCKED, "the pen is locked: run a sterilisation cycle first")
         if ctl.state != c.READY:
-            raise PenError("BUSY", "cannot start a session while %s" % c.STATE_NAMES[ctl.state])
+            raise PenError(proto.E_BUSY, "cannot start a session while %s" % c.STATE_NAMES[ctl.state])
         name = body.get("profile")
         if name is None:
             name = self.active
             if name is None:
-                raise PenError("NO_PROFILE", "no active profile: push one and 'profile use' it")
+                raise PenError(proto.E_NO_PROFILE, "no active profile: push one and 'profile use' it")
         profile = self._find_profile(check_name(name))
         if not self.cartridges_ok:
-            raise PenError("STORE_CORRUPT", "the used-cartridge list is unreadable; service the pen")
+            raise PenError(proto.E_STORE_CORRUPT, "the used-cartridge list is unreadable; service the pen")
         cart = self.board.cartridge_id()
         if cart is None or not self.board.cartridge_present():
-            raise PenError("NO_CARTRIDGE", "insert a fresh cartridge")
+            raise PenError(proto.E_NO_CARTRIDGE, "insert a fresh cartridge")
         if cart in self.used:
-            raise PenError("CARTRIDGE_USED", "cartridge %s was already used: insert a fresh one" % cart)
+            raise PenError(proto.E_CARTRIDGE_USED, "cartridge %s was already used: insert a fresh one" % cart)
         # Consume the unlock and record the cartridge before the motor can run
         # (S5, S6): a crash from here on leaves the pen LOCKED.
         self.unlocked = False
@@ -531,28 +543,47 @@ class App:
                            "duration_ms": 0, "strokes": 0})
         self.session = entry
         ctl.start_session(profile["depth_um"], profile["stroke_hz"], profile["max_session_s"])
-        return {"session": entry["id"], "profile": profile["name"], "cartridge": cart}
+        return {"session": entry["id"], "profile": profile["name"], "cartridge": cart, "t_ms": ctl.now_ms}
 
     def cmd_session_stop(self, body):
         if self.ctl.state != c.RUNNING:
-            raise PenError("NOT_RUNNING", "no session is running")
+            raise PenError(proto.E_NOT_RUNNING, "no session is running")
         self.ctl.stop_session()
         return {"session": self.session["id"] if self.session else None}
 
     def cmd_telemetry(self, body):
         on = body.get("on")
         if not isinstance(on, bool):
-            raise PenError("BAD_REQUEST", "'on' must be true or false")
-        if on and not self.tm_on:
-            self.tm_sent = self.ctl.tm_count      # stream from now on
-        self.tm_on = on
-        return {"on": on, "period_ms": lim.TELEMETRY_PERIOD_MS, "fields": _TM_FIELD_NAMES}
+            raise PenError(proto.E_BAD_REQUEST, "'on' must be true or false")
+        if not on:
+            self.tm_on = False
+            self.tm_left = 0
+            return {"on": False}
+        lease = body.get("lease", lim.TELEMETRY_LEASE_DEFAULT)
+        if type(lease) is not int or not 1 <= lease <= lim.TELEMETRY_LEASE_MAX:
+            raise PenError(proto.E_BAD_REQUEST, "'lease' must be 1-%d samples" % lim.TELEMETRY_LEASE_MAX)
+        sub = body.get("sub")
+        if sub is not None:
+            # Renewal of the running subscription: same stream, `lease` more samples.
+            if not self.tm_on or sub != self.tm_sub:
+                raise PenError(proto.E_NO_SUBSCRIPTION, "telemetry subscription %r is not running" % (sub,))
+            self.tm_left = lease
+            return {"on": True, "sub": sub, "lease": lease, "from": self.tm_from}
+        # A new subscription, from the next sample on: nothing recorded before this request.
+        self.tm_sub = self.tm_next_sub
+        self.tm_next_sub = self.tm_next_sub % 0xFFFFFF + 1
+        self.tm_on = True
+        self.tm_left = lease
+        self.tm_sent = self.ctl.tm_count
+        self.tm_from = self.tm_sent
+        return {"on": True, "sub": self.tm_sub, "lease": lease, "from": self.tm_from, "t_ms": self.ctl.now_ms,
+                "period_ms": lim.TELEMETRY_PERIOD_MS, "fields": _TM_FIELD_NAMES}
 
     def cmd_log_read(self, body):
         start = body.get("from", 0)
         count = body.get("count", _LOG_PAGE_MAX)
         if not isinstance(start, int) or not isinstance(count, int) or start < 0 or count < 1:
-            raise PenError("BAD_REQUEST", "'from' and 'count' must be non-negative integers")
+            raise PenError(proto.E_BAD_REQUEST, "'from' and 'count' must be non-negative integers")
         count = min(count, _LOG_PAGE_MAX)
         first = max(start, self.log_next - lim.LOG_MAX_ENTRIES, 0)
         entries = []
@@ -572,19 +603,25 @@ class App:
         ctl = self.ctl
         reason = body.get("reason")
         if not isinstance(reason, str) or not reason.strip() or len(reason) > _REASON_MAX:
-            raise PenError("BAD_REQUEST", "a reason of 1-%d characters is required" % _REASON_MAX)
+            raise PenError(proto.E_BAD_REQUEST, "a reason of 1-%d characters is required" % _REASON_MAX)
         if ctl.state != c.FAULT:
-            raise PenError("NO_FAULT", "there is no latched fault to clear")
+            raise PenError(proto.E_NO_FAULT, "there is no latched fault to clear")
         cleared = c.FAULT_NAMES[ctl.fault]
         self._log({"kind": "fault_clear", "fault": cleared, "reason": reason, "t_ms": ctl.now_ms})
         ctl.fault = c.F_NONE
-        ctl.start_homing()       # BOOT checks again (DESIGN 2.2)
+        ctl.start_homing()       # BOOT checks again (docs/design.md §2.2)
         return {"cleared": cleared}
 
 
-_TM_FIELD_NAMES = ["t_ms", "state", "depth_set_um", "depth_um", "hz_set_chz", "hz_chz", "duty_bp",
-                   "current_ma", "temp_cdegc", "battery_mv", "strokes", "faults", "overruns",
-                   "tick_max_us"]
+_TM_FIELD_NAMES = [field[0] for field in proto.TM_LAYOUT]
+
+
+def _random_int(nbytes):
+    value = 0
+    for byte in os.urandom(nbytes):
+        value = (value << 8) | byte
+    return value
+
 
 _HANDLERS = {
     "ping": App.cmd_ping,

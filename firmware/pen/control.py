@@ -9,7 +9,7 @@
 # them for the pen's architecture.
 from array import array
 
-from pen.limits import (
+from .limits import (
     BATTERY_MIN_MV, DEPTH_HOME_MAX_STEPS, DEPTH_MOVE_TIMEOUT_TICKS,
     DEPTH_SETTLE_TICKS, DEPTH_TOL_UM, DEPTH_UM_PER_STEP, DUTY_MAX_BP, FAULT_CONFIRM_SAMPLES,
     MOTOR_FF_MV_OFFSET, MOTOR_FF_MV_PER_HZ, MOTOR_FF_MV_PER_HZ_S_X10, MOTOR_R_MOHM, OVERCURRENT_MA, OVERTEMP_CDEGC,
@@ -22,16 +22,16 @@ from pen.limits import (
 import micropython
 from micropython import const
 
-from pen.compat import ticks_diff
+from .compat import ticks_diff
 
-# States (DESIGN 2.2). Index into STATE_NAMES.
+# States (docs/design.md §2.2). Index into STATE_NAMES.
 BOOT = const(0)
 LOCKED = const(1)
 STERILISING = const(2)
 READY = const(3)
 RUNNING = const(4)
 FAULT = const(5)
-from pen.wire import STATE_NAMES  # noqa: E402, F401 - the protocol's names for the indices above
+from .wire import STATE_NAMES  # noqa: E402, F401 - the protocol's names for the indices above
 
 # Fault causes. Index into FAULT_NAMES.
 F_NONE = const(0)
@@ -84,22 +84,11 @@ _M_POSITIONING = const(1)
 _M_DRIVE = const(2)
 _M_RETRACT = const(3)
 
-# Telemetry sample layout (fields of DESIGN 4, integer units).
-TM_T_MS = const(0)
-TM_STATE = const(1)
-TM_DEPTH_SET_UM = const(2)
-TM_DEPTH_UM = const(3)
-TM_HZ_SET_CHZ = const(4)
-TM_HZ_CHZ = const(5)
-TM_DUTY_BP = const(6)
-TM_CURRENT_MA = const(7)
-TM_TEMP_CDEGC = const(8)
-TM_BATTERY_MV = const(9)
-TM_STROKES = const(10)
-TM_FAULTS = const(11)
-TM_OVERRUNS = const(12)
-TM_TICK_MAX_US = const(13)
-TM_FIELDS = const(14)
+# Telemetry sample layout: pen.proto (one definition for the pen and the host).
+from .proto import (  # noqa: E402
+    TM_BATTERY_MV, TM_CURRENT_MA, TM_DEPTH_SET_UM, TM_DEPTH_UM, TM_DUTY_BP, TM_FAULTS, TM_FIELDS,
+    TM_HZ_CHZ, TM_HZ_SET_CHZ, TM_OVERRUNS, TM_STATE, TM_STROKES, TM_T_MS, TM_TEMP_CDEGC, TM_TICK_MAX_US,
+)
 
 # Board.sample(buf) layout: the analogue inputs, read in one call per tick.
 # Boards import these names from here (one place; folded to literals in the tick).

@@ -9,9 +9,9 @@ except ImportError:  # CPython (host tool, tests)
         return value
 
 FIRMWARE_VERSION = "1.0.0"
-PROTOCOL_VERSION = const(1)
+PROTOCOL_VERSION = const(2)
 
-# --- control tick (DESIGN 2: 1 kHz, drift-free) ---
+# --- control tick (docs/design.md §2: 1 kHz, drift-free) ---
 TICK_US = const(1000)
 
 # --- S1: needle depth set point ---
@@ -70,6 +70,8 @@ LOG_MAX_ENTRIES = const(50)
 # --- telemetry ---
 TELEMETRY_PERIOD_MS = const(20)    # 50 Hz
 TELEMETRY_RING = const(64)         # samples kept
+TELEMETRY_LEASE_DEFAULT = const(250)  # samples a subscription may send unless renewed (5 s)
+TELEMETRY_LEASE_MAX = const(3000)  # 60 s
 
 # --- wire ---
 FRAME_MAX = const(2048)            # bytes per frame, newline excluded (16 profiles fit one reply)

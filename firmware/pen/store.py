@@ -14,7 +14,7 @@ try:
 except ImportError:  # pragma: no cover
     from zlib import crc32  # type: ignore
 
-from pen.wire import dumps
+from .wire import dumps
 
 SCHEMA = 1
 _MAGIC = "PENREC"

@@ -1,4 +1,4 @@
-# The one frame codec of the pen protocol (DESIGN 3), shared by the firmware
+# The one frame codec of the pen protocol (docs/design.md §3), shared by the firmware
 # (MicroPython) and the host (CPython): written in the common subset.
 #
 # Frame (one line, printable ASCII 0x20..0x7e only, then "\n"):
@@ -31,7 +31,7 @@ except ImportError:
     def const(value):
         return value
 
-from pen.limits import FRAME_MAX, PROTOCOL_VERSION
+from .limits import FRAME_MAX, PROTOCOL_VERSION
 
 KIND_REQUEST = "Q"
 KIND_RESPONSE = "R"
@@ -39,16 +39,11 @@ KIND_EVENT = "E"
 _KINDS = "QRE"
 NUM_MODULO = const(65536)
 
-# Pen states by index, as telemetry samples carry them (DESIGN 2.2).
+# Pen states by index, as telemetry samples carry them (docs/design.md §2.2).
 STATE_NAMES = ("BOOT", "LOCKED", "STERILISING", "READY", "RUNNING", "FAULT")
 
-# Stable error codes (frame level). Command-level codes live with the commands.
-E_FRAME_LONG = "FRAME_LONG"
-E_FRAME_SYNTAX = "FRAME_SYNTAX"
-E_FRAME_CRC = "FRAME_CRC"
-E_FRAME_VERSION = "FRAME_VERSION"
-E_FRAME_CHARS = "FRAME_CHARS"
-E_FRAME_BODY = "FRAME_BODY"
+# Frame-level error codes (all codes are defined in pen.proto).
+from .proto import E_FRAME_BODY, E_FRAME_CHARS, E_FRAME_CRC, E_FRAME_LONG, E_FRAME_SYNTAX, E_FRAME_VERSION  # noqa: E402,F401
 
 
 class WireError(Exception):

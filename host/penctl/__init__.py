@@ -1,4 +1,4 @@
-"""penctl: host tool and library for the microneedling pen (DESIGN 4).
+"""penctl: host tool and library for the microneedling pen (docs/design.md §4).
 
     from penctl import Pen
     with Pen("/dev/ttyACM0") as pen:

@@ -1,4 +1,4 @@
-"""`penctl`: the command line of the pen host tool (DESIGN 4)."""
+"""`penctl`: the command line of the pen host tool (docs/design.md §4)."""
 
 import argparse
 import json
@@ -582,7 +582,7 @@ def cmd_flash(args, out):
 
 
 def cmd_sim(args, out):
-    from penctl.simpen import run_sim
+    from pensim.supervisor import run_sim
 
     return run_sim(link=args.link, state_dir=args.state, clock=args.clock, blank=args.blank,
                    control=args.control, json_out=args.json)

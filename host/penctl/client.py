@@ -21,7 +21,7 @@ integers (um, cHz, cdegC, mV, ms).
 import os
 import time
 
-from pen.limits import PROFILES_MAX, PROTOCOL_VERSION
+from penctl.firmware.pen.limits import PROFILES_MAX, PROTOCOL_VERSION
 from penctl import profiles as host_profiles
 from penctl import telemetry as tm
 from penctl.discover import resolve_port
@@ -87,6 +87,7 @@ class Pen:
         self.link = SerialLink(self.port, request_timeout=timeout,
                                open_timeout=open_timeout if open_timeout is not None else timeout)
         self.protocol = None
+        self._sub = None
         if connect:
             self.connect()
 
@@ -284,8 +285,41 @@ class Pen:
     def session_stop(self):
         return self.request("session_stop")
 
-    def telemetry_on(self, on=True):
-        return self.request("telemetry", on=bool(on))
+    #: samples a telemetry subscription may send before penctl renews it (docs/design.md §3.4)
+    TELEMETRY_LEASE = 250
+
+    def telemetry_on(self, on=True, lease=None):
+        """Start a new telemetry subscription (on=True) or end it. Events queued before the
+        subscription are discarded: only its own samples (`sub`, `n` >= `from`) are returned."""
+        if not on:
+            self._sub = None
+            return self.request("telemetry", on=False)
+        self.link.drain_events()            # whatever an earlier client left queued is stale
+        reply = self.request("telemetry", on=True, lease=lease or self.TELEMETRY_LEASE)
+        for key in ("sub", "from", "lease"):
+            if not isinstance(reply.get(key), int):
+                raise ProtocolError("telemetry reply without %r: %r" % (key, reply))
+        fields = reply.get("fields")
+        if not isinstance(fields, list) or not all(isinstance(f, str) for f in fields):
+            raise ProtocolError("telemetry reply without a field list: %r" % (reply,))
+        self._sub = {"sub": reply["sub"], "from": reply["from"], "lease": reply["lease"],
+                     "renewed_at": reply["from"], "fields": tuple(fields), "t_ms": reply.get("t_ms")}
+        return reply
+
+    def _own_sample(self, body):
+        """The row of a `tm` event of our subscription (renewing the lease when half used), else None."""
+        sub = getattr(self, "_sub", None)
+        n = body.get("n")
+        if sub is None or body.get("sub") != sub["sub"] or not isinstance(n, int) or n < sub["from"]:
+            return None                      # another (stale) subscription's sample
+        try:
+            row = tm.row_from_sample(body.get("s"), sub["fields"])
+        except ValueError as exc:
+            raise ProtocolError("bad telemetry event %r: %s" % (body, exc)) from None
+        if n - sub["renewed_at"] >= sub["lease"] // 2:
+            sub["renewed_at"] = n
+            self.request("telemetry", on=True, lease=sub["lease"], sub=sub["sub"])
+        return n, row
 
     def _quietly(self, func, *args):
         try:
@@ -293,7 +327,7 @@ class Pen:
         except (PenRefused, LinkError, ProtocolError):
             return None
 
-    def _stream(self, seconds, on_sample, stop_on_session_end=False):
+    def _stream(self, seconds, on_sample, stop_on_session_end=False, session=None):
         """Collect telemetry rows for `seconds` of pen time (telemetry must be on).
 
         Returns (rows, info) where info has sample_gaps, event_gaps and, if one
@@ -319,14 +353,13 @@ class Pen:
             _seq, body = event
             kind = body.get("ev")
             if kind == "tm":
-                try:
-                    row = tm.row_from_sample(body.get("s"))
-                except ValueError as exc:
-                    raise ProtocolError("bad telemetry event %r: %s" % (body, exc)) from None
-                n = body.get("n")
-                if isinstance(n, int) and last_n is not None and n > last_n + 1:
+                own = self._own_sample(body)
+                if own is None:
+                    continue
+                n, row = own
+                if last_n is not None and n > last_n + 1:
                     info["sample_gaps"] += n - last_n - 1
-                last_n = n if isinstance(n, int) else last_n
+                last_n = n
                 rows.append(row)
                 if on_sample is not None:
                     on_sample(row)
@@ -335,6 +368,8 @@ class Pen:
                 if row["t_s"] >= t_end:
                     break
             elif kind == "session_end":
+                if session is not None and body.get("id") != session:
+                    continue                     # not the session this call started
                 info["session_end"] = body
                 if stop_on_session_end:
                     break
@@ -372,11 +407,12 @@ class Pen:
         rows = []
         try:
             started = self.session_start(profile)
-            rows, info = self._stream(seconds, on_sample, stop_on_session_end=True)
+            rows, info = self._stream(seconds, on_sample, stop_on_session_end=True,
+                                      session=started.get("session"))
             end = info["session_end"]
             if end is None:
                 self._quietly(self.session_stop)
-                end = self._wait_session_end(rows, on_sample, info)
+                end = self._wait_session_end(rows, on_sample, info, started.get("session"))
         except BaseException:
             if started is not None:
                 self._quietly(self.session_stop)
@@ -397,8 +433,8 @@ class Pen:
             "rows": rows,
         }
 
-    def _wait_session_end(self, rows, on_sample, info):
-        """After session_stop: keep rows until the session_end event (needles retracted)."""
+    def _wait_session_end(self, rows, on_sample, info, session):
+        """After session_stop: keep rows until our session's session_end event (needles retracted)."""
         deadline = time.monotonic() + self.link.REQUEST_TIMEOUT_S
         while time.monotonic() < deadline:
             event = self.link.next_event(0.1)
@@ -406,14 +442,13 @@ class Pen:
                 continue
             body = event[1]
             if body.get("ev") == "tm":
-                try:
-                    row = tm.row_from_sample(body.get("s"))
-                except ValueError:
+                own = self._own_sample(body)
+                if own is None:
                     continue
-                rows.append(row)
+                rows.append(own[1])
                 if on_sample is not None:
-                    on_sample(row)
-            elif body.get("ev") == "session_end":
+                    on_sample(own[1])
+            elif body.get("ev") == "session_end" and body.get("id") == session:
                 return body
             elif body.get("ev") == "fault":
                 info["faults"].append(body.get("fault"))

@@ -1,6 +1,6 @@
 """One exception type per layer; the CLI converts them to `penctl: message` and an exit code.
 
-Exit codes (DESIGN 4): 0 ok, 1 the pen refused, 2 usage or input-file error (nothing sent),
+Exit codes (docs/design.md §4): 0 ok, 1 the pen refused, 2 usage or input-file error (nothing sent),
 3 connection, timeout or protocol error.
 """
 

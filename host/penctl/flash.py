@@ -55,7 +55,7 @@ import serial
 from mpremote.transport import TransportError
 from mpremote.transport_serial import SerialTransport
 
-from pen import limits
+from penctl.firmware.pen import limits
 from penctl.errors import FlashError, LinkError, ProtocolError, UsageError
 from penctl.transport import SerialLink
 
@@ -80,8 +80,10 @@ Progress = Callable[[str, int, int], None]
 
 
 def _firmware_dir() -> Path:
-    """The repository's firmware/ folder: where the `pen` package the host imports lives."""
-    return Path(limits.__file__).resolve().parent.parent
+    """The firmware shipped with penctl (the repository's firmware/ folder in a checkout)."""
+    from penctl.firmware_files import firmware_dir
+
+    return firmware_dir()
 
 
 def _load_stub_module(stub: Path):
@@ -156,7 +158,7 @@ def firmware_sources(source_dir: Path) -> list[Path]:
         rel = path.relative_to(source_dir)
         if any(part.startswith(".") or part == "__pycache__" for part in rel.parts):
             continue
-        if rel.as_posix() == STUB_NAME:
+        if rel.as_posix() in (STUB_NAME, "__init__.py"):   # __init__.py: the host package marker
             continue
         out.append(rel)
     return out

@@ -1,4 +1,4 @@
-"""Depth profiles from TOML files (DESIGN 4), validated on the host before anything is sent.
+"""Depth profiles from TOML files (docs/design.md §4), validated on the host before anything is sent.
 
 A file holds one or more `[[profile]]` tables with exactly the fields
 `name`, `depth_mm`, `stroke_hz`, `max_session_s`. The rules are the pen's own
@@ -15,8 +15,8 @@ value such as 0.33 or 0.30000000000000004 is rejected, never rounded.
 import decimal
 import tomllib
 
-from pen import limits as lim
-from pen.profiles import ProfileError, check_depth_um, check_hz, check_name, check_session_s
+from penctl.firmware.pen import limits as lim
+from penctl.firmware.pen.profiles import ProfileError, check_depth_um, check_hz, check_name, check_session_s
 from penctl.errors import UsageError
 
 FIELDS = ("name", "depth_mm", "stroke_hz", "max_session_s")

@@ -1,9 +1,8 @@
-"""Telemetry rows in host units, CSV export and PNG plots (DESIGN 4).
+"""Telemetry rows in host units, CSV export and PNG plots (docs/design.md §4).
 
-The pen sends `{"ev": "tm", "n": index, "s": [14 ints]}` in the integer units
-of `pen/app.py`'s field list (t_ms, state, depth_set_um, depth_um, hz_set_chz,
-hz_chz, duty_bp, current_ma, temp_cdegc, battery_mv, strokes, faults,
-overruns, tick_max_us). A row here has the DESIGN 4 columns:
+The pen sends `{"ev": "tm", "sub": id, "n": index, "s": [ints]}` in the integer units
+of the wire field names it lists in its `telemetry` reply (the layout is defined once, in
+the firmware's pen.proto.TM_LAYOUT). A row here has the docs/design.md §4 columns:
 
     t_s           pen time since power-on, s
     state         BOOT | LOCKED | STERILISING | READY | RUNNING | FAULT
@@ -23,11 +22,13 @@ overruns, tick_max_us). A row here has the DESIGN 4 columns:
 
 import csv
 
-from pen.wire import STATE_NAMES
+from penctl.firmware.pen.proto import TM_LAYOUT
+from penctl.firmware.pen.wire import STATE_NAMES
 
-COLUMNS = ("t_s", "state", "depth_set_mm", "depth_mm", "hz_set", "hz", "duty", "current_ma", "temp_c",
-           "battery_v", "strokes", "faults", "overruns", "tick_max_us")
-WIRE_FIELDS = 14
+# One definition of the layout (docs/design.md §3.4): the firmware's pen.proto.
+COLUMNS = tuple(host for _wire, host, _div in TM_LAYOUT)
+WIRE_FIELDS = tuple(wire for wire, _host, _div in TM_LAYOUT)
+_BY_WIRE = {wire: (host, div) for wire, host, div in TM_LAYOUT}
 
 
 def state_name(index):
@@ -36,33 +37,28 @@ def state_name(index):
     return "STATE_%s" % index
 
 
-def row_from_sample(sample):
-    """A wire sample (list of 14 ints) -> a row dict in host units; ValueError if malformed."""
-    if not isinstance(sample, list) or len(sample) != WIRE_FIELDS or not all(
+def row_from_sample(sample, fields=WIRE_FIELDS):
+    """A wire sample (list of ints, in the order of `fields`: the wire names the pen sent in its
+    `telemetry` reply) -> a row dict in host units with every COLUMNS key; ValueError if malformed
+    or if a column is missing."""
+    if not isinstance(sample, list) or len(sample) != len(fields) or not all(
             isinstance(v, int) and not isinstance(v, bool) for v in sample):
-        raise ValueError("telemetry sample must be %d integers" % WIRE_FIELDS)
-    (t_ms, state, depth_set_um, depth_um, hz_set_chz, hz_chz, duty_bp, current_ma, temp_cdegc,
-     battery_mv, strokes, faults, overruns, tick_max_us) = sample
-    return {
-        "t_s": t_ms / 1000,
-        "state": state_name(state),
-        "depth_set_mm": depth_set_um / 1000,
-        "depth_mm": depth_um / 1000,
-        "hz_set": hz_set_chz / 100,
-        "hz": hz_chz / 100,
-        "duty": duty_bp / 10000,
-        "current_ma": current_ma,
-        "temp_c": temp_cdegc / 100,
-        "battery_v": battery_mv / 1000,
-        "strokes": strokes,
-        "faults": faults,
-        "overruns": overruns,
-        "tick_max_us": tick_max_us,
-    }
+        raise ValueError("telemetry sample must be %d integers" % len(fields))
+    row = {}
+    for name, value in zip(fields, sample, strict=True):
+        known = _BY_WIRE.get(name)
+        if known is None:
+            continue                     # a field this penctl does not know: ignored
+        host, div = known
+        row[host] = state_name(value) if div == 0 else (value if div == 1 else value / div)
+    missing = [col for col in COLUMNS if col not in row]
+    if missing:
+        raise ValueError("telemetry sample lacks %s" % ", ".join(missing))
+    return row
 
 
 def write_csv(rows, path):
-    """Write rows with the DESIGN 4 header. Returns the number of rows written."""
+    """Write rows with the docs/design.md §4 header. Returns the number of rows written."""
     with open(path, "w", newline="") as handle:
         writer = csv.writer(handle)
         writer.writerow(COLUMNS)

@@ -1,4 +1,4 @@
-"""Serial transport of the pen protocol (DESIGN 3): frames over a serial port.
+"""Serial transport of the pen protocol (docs/design.md §3): frames over a serial port.
 
 `SerialLink` opens a device path or any pyserial URL (`serial.serial_for_url`:
 `/dev/ttyACM0`, `/dev/pts/5`, `socket://host:port`, `rfc2217://...`, `loop://`),
@@ -21,8 +21,8 @@ import time
 
 import serial
 
-from pen import wire
-from pen.limits import PROTOCOL_VERSION
+from penctl.firmware.pen import wire
+from penctl.firmware.pen.limits import PROTOCOL_VERSION
 from penctl.errors import LinkError, ProtocolError
 
 _REPL_PROMPTS = (b">>>", b"raw REPL; CTRL-B to exit")

@@ -1,4 +1,4 @@
-# DESIGN 2: the control tick does not allocate. On the MicroPython unix port
+# docs/design.md §2: the control tick does not allocate. On the MicroPython unix port
 # the tick (and the simulated plant's step) run thousands of times under
 # micropython.heap_lock(), where any allocation raises MemoryError, in every
 # state of the pen. MicroPython only (CPython has no heap lock).

@@ -1,6 +1,6 @@
 # S1: depth set point range 0.25-2.5 mm on a 0.05 mm grid; anything else is
 # rejected with a clear error, never clamped, and nothing changes on the pen.
-# Boundary values are written here from the specification (DESIGN 2.1), not
+# Boundary values are written here from the specification (docs/design.md §2.1), not
 # imported from pen/limits.py. Runs on CPython and MicroPython.
 import fwtest
 import penfix

@@ -1,7 +1,7 @@
 # S2: measured depth follows the set point within +-0.05 mm once settled; a
 # larger deviation (over-depth above all) is a fault with the motor off within
 # 2 ticks; depth moves only while the motor is stopped; homing against the
-# end-stop at boot. Numbers from DESIGN 2.1. Runs on CPython and MicroPython.
+# end-stop at boot. Numbers from docs/design.md §2.1. Runs on CPython and MicroPython.
 import fwtest
 import penfix
 

@@ -2,7 +2,7 @@
 # error <= 2 %, settle <= 300 ms after start, overshoot <= 5 % (soft start).
 # The numbers are computed from the plant's true rotor speed
 # (board.speed_mhz), not from the firmware's own estimate. Limits from
-# DESIGN 2.1. Runs on CPython and MicroPython.
+# docs/design.md §2.1. Runs on CPython and MicroPython.
 import fwtest
 import penfix
 

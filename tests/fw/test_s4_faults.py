@@ -1,7 +1,7 @@
 # S4: stall, over-current, over-temperature (handpiece >= 41 degC), tach loss,
 # battery under-voltage: fault, motor off within 2 ticks, latched, logged.
 # Faults are injected into the simulated plant (the rig's injections) while a
-# session drives the motor. Numbers from DESIGN 2.1. Runs on CPython and
+# session drives the motor. Numbers from docs/design.md §2.1. Runs on CPython and
 # MicroPython.
 import penfix
 

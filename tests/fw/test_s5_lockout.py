@@ -2,7 +2,7 @@
 # cycle (lid closed, UV dose of 60 s at nominal intensity reached at >= 80 %
 # intensity, continuously) unlocks it, for exactly one session; opening the
 # lid turns UV off within 1 tick and aborts; ending a session locks again.
-# Numbers from DESIGN 2.1. Runs on CPython and MicroPython.
+# Numbers from docs/design.md §2.1. Runs on CPython and MicroPython.
 from fwtest import Pen
 
 import penfix

@@ -1,5 +1,5 @@
 # S8: a session stops by itself at its profile's max_session_s (10-1800 s).
-# Numbers from DESIGN 2.1 / 4. Runs on CPython and MicroPython.
+# Numbers from docs/design.md §2.1 / 4. Runs on CPython and MicroPython.
 import fwtest
 import penfix
 

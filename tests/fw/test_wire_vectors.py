@@ -61,15 +61,15 @@ def test_golden_frames_are_canonical():
         assert len(crc) == 8 and all([ch in _HEX for ch in crc]), frame
         inner = line[1:star]
         assert "%08x" % (crc32(inner) & 0xFFFFFFFF) == crc, frame
-        head = "%d,%s,%d," % (1, kind, num % 65536)
+        head = "%d,%s,%d," % (2, kind, num % 65536)
         assert inner.decode().startswith(head), frame
         assert wire.dumps(body) == inner.decode()[len(head):], frame
 
 
 def test_golden_numbers_wrap_at_65536():
-    assert wire.encode("Q", 65535, {})[:12] == b"@1,Q,65535,{"
-    assert wire.encode("Q", 65536, {})[:8] == b"@1,Q,0,{"
-    assert wire.encode("E", 65537, {})[:8] == b"@1,E,1,{"
+    assert wire.encode("Q", 65535, {})[:12] == b'@2,Q,65535,{'
+    assert wire.encode("Q", 65536, {})[:8] == b'@2,Q,0,{'
+    assert wire.encode("E", 65537, {})[:8] == b'@2,E,1,{'
     assert wire.NUM_MODULO == 65536
 
 
@@ -121,7 +121,7 @@ def test_non_json_bodies_raise_frame_body():
 
 
 def test_non_bytes_input_raises_frame_syntax():
-    for value in ('@1,Q,1,{"op": "ping"}*0757b4bb', None, 1, [64, 49], ["@"]):
+    for value in ('@2,Q,1,{"op": "ping"}*a8fef971', None, 1, [64, 49], ["@"]):
         assert _code_of(value) == "FRAME_SYNTAX", value
 
 
@@ -248,7 +248,7 @@ def test_app_receive_oversized_line_is_answered_and_dropped():
     pen = _pen()
     before = _snapshot(pen)
     errors = pen.app.rx_errors
-    feed = _Bytes(b"@1,Q,5," + b"x" * 3000 + b"\n" + v.RM_KEEP[:-1] + b"d\n" + v.PING + b"\n")
+    feed = _Bytes(b'@2,Q,5,' + b"x" * 3000 + b"\n" + v.RM_KEEP[:-1] + b"d\n" + v.PING + b"\n")
     pen.app.inp = feed
     pen.app.poller = feed
     start = len(pen.out.frames)

@@ -7,7 +7,7 @@ MicroPython interpreter at a time (`.venv/bin/micropython`, cwd = the pen's flas
 * the **firmware** (`micropython -X heapsize=192K main.py`) when the flash has a `main.py` and the
   pen boots in friendly mode (power on, friendly soft reset), with the sim board's environment
   (`PEN_SIM_CLOCK`, `PEN_SIM_SERIAL`, `PEN_SIM_RIG_IN`, `PEN_SIM_RIG_OUT`, docs/board-interface.md);
-* otherwise the **REPL shim** (`sim_repl.py`, a MicroPython script) that prints what an RP2040 board
+* otherwise the **REPL shim** (`repl_shim.py`, a MicroPython script) that prints what an RP2040 board
   prints: friendly REPL, raw REPL, raw-paste mode, soft reboot.
 
 Like a board: Ctrl-C (0x03) from the host while the firmware runs becomes SIGINT (the unix port
@@ -47,10 +47,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, ClassVar, Self
 
-SHIM = Path(__file__).resolve().with_name("sim_repl.py")
+SHIM = Path(__file__).resolve().with_name("repl_shim.py")
 HEAPSIZE = "192K"              # the firmware's heap, as on an RP2040
 SHIM_HEAPSIZE = "256K"         # the REPL holds a whole raw-paste program in RAM; a board streams it
-EXIT_REBOOT_FRIENDLY = 10  # sim_repl.py exit codes for a soft reboot
+EXIT_REBOOT_FRIENDLY = 10  # repl_shim.py exit codes for a soft reboot
 EXIT_REBOOT_RAW = 11
 RIG_FORWARD_OPS = ("inject", "clear_injections", "cartridge", "measure")
 SUPERVISOR_OPS = ("power_cut", "power_on", "status")
@@ -88,25 +88,10 @@ def find_micropython() -> str:
 
 
 def firmware_source_dir() -> Path | None:
-    """The firmware/ folder (holds main.py, pen/, boards/), found from the installed `pen` package."""
-    cands: list[Path] = []
-    try:
-        import pen  # the firmware core, mapped from firmware/pen by pyproject
-    except ImportError:
-        pen = None
-    if pen is not None:
-        f = getattr(pen, "__file__", None)
-        if f:
-            cands.append(Path(f).resolve().parent.parent)
-        for p in list(getattr(pen, "__path__", [])):
-            pp = Path(p)
-            if pp.is_absolute() and pp.is_dir():
-                cands.append(pp.resolve().parent)
-    cands.append(Path(__file__).resolve().parents[2] / "firmware")
-    for c in cands:
-        if (c / "main.py").is_file():
-            return c
-    return None
+    """The firmware folder (main.py, pen/, boards/): shipped with penctl as `penctl.firmware`."""
+    from penctl.firmware_files import firmware_dir
+
+    return firmware_dir()
 
 
 def install_factory_image(state_dir: Path, source: Path | None = None) -> list[str]:
