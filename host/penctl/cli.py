@@ -90,8 +90,11 @@ def build_parser():
     p.add_argument("--link", metavar="PATH", help="also make PATH a symlink to the pen's port")
     p.add_argument("--state", metavar="DIR",
                    help="folder used as the pen's flash (persists across restarts; default: a temporary one)")
-    p.add_argument("--clock", choices=("real", "fast"), default="real",
-                   help="real: wall-clock time; fast: simulated time as fast as possible (default real)")
+    p.add_argument("--clock", choices=("real", "fast", "target"), default="real",
+                   help="real: wall-clock time; fast: simulated time as fast as possible; target: the pen's "
+                        "CPU speed (firmware work scaled to the RP2040, docs/design.md §5.2) (default real)")
+    p.add_argument("--pen-time-start", metavar="S", type=int, default=0,
+                   help="start the pen clock at S seconds (uptime wrap tests; default 0)")
     p.add_argument("--blank", action="store_true",
                    help="start with no firmware (REPL only), e.g. to try `penctl flash`")
     p.add_argument("--control", metavar="SOCK", help="open the rig socket (fault injection, cartridge) at SOCK")
@@ -585,7 +588,7 @@ def cmd_sim(args, out):
     from pensim.supervisor import run_sim
 
     return run_sim(link=args.link, state_dir=args.state, clock=args.clock, blank=args.blank,
-                   control=args.control, json_out=args.json)
+                   control=args.control, json_out=args.json, pen_time_start_s=args.pen_time_start)
 
 
 COMMANDS = {

@@ -47,16 +47,18 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, ClassVar, Self
 
+from penctl.firmware.boards import rigproto
+
 SHIM = Path(__file__).resolve().with_name("repl_shim.py")
 HEAPSIZE = "192K"              # the firmware's heap, as on an RP2040
 SHIM_HEAPSIZE = "256K"         # the REPL holds a whole raw-paste program in RAM; a board streams it
 EXIT_REBOOT_FRIENDLY = 10  # repl_shim.py exit codes for a soft reboot
 EXIT_REBOOT_RAW = 11
-RIG_FORWARD_OPS = ("inject", "clear_injections", "cartridge", "measure")
-SUPERVISOR_OPS = ("power_cut", "power_on", "status")
-FAULTS = ("stall", "overcurrent", "overtemp", "tach_loss", "depth_jam", "cartridge_out", "lid_open",
-          "low_battery")
-CLOCKS = ("real", "fast")
+RIG_FORWARD_OPS = rigproto.PLANT_OPS          # answered by the sim board (the plant)
+SUPERVISOR_OPS = rigproto.SUPERVISOR_OPS
+FAULTS = rigproto.FAULTS
+CLOCKS = ("real", "fast", "target")
+PEN_TIME_START_MAX_S = 100 * 24 * 3600   # pen clock may start up to 100 days in (wrap tests)
 OUT_CAP = 256 * 1024           # host-bound bytes kept while nobody reads the port
 IN_CAP = 64 * 1024             # pen-bound bytes buffered before the host is flow-controlled
 SIGINT_RESEND_S = 1.0          # firmware not gone after Ctrl-C: SIGINT again ...
@@ -236,9 +238,13 @@ class VirtualPen:
 
     def __init__(self, link: str | os.PathLike | None = None, state_dir: str | os.PathLike | None = None,
                  clock: str = "real", blank: bool = False, control: str | os.PathLike | None = None,
+                 pen_time_start_s: int = 0,
                  rig_timeout: float = RIG_TIMEOUT_S, micropython: str | None = None):
         if clock not in CLOCKS:
             raise ValueError(f"clock must be one of {', '.join(CLOCKS)}, not {clock!r}")
+        if type(pen_time_start_s) is not int or not 0 <= pen_time_start_s <= PEN_TIME_START_MAX_S:
+            raise ValueError(f"pen_time_start_s must be an integer 0-{PEN_TIME_START_MAX_S}")
+        self.pen_time_start_s = pen_time_start_s
         self.link = Path(link) if link else None
         self._state_arg = Path(state_dir) if state_dir else None
         self.state_dir: Path | None = None
@@ -663,6 +669,7 @@ class VirtualPen:
         assert self.state_dir is not None and self._sel is not None
         env = dict(os.environ)
         env["PEN_SIM_CLOCK"] = self.clock
+        env["PEN_SIM_TIME_START_S"] = str(self.pen_time_start_s)
         env["PEN_SIM_SERIAL"] = self.serial or ""
         env.pop("PEN_SIM_RIG_IN", None)
         env.pop("PEN_SIM_RIG_OUT", None)
@@ -1050,6 +1057,10 @@ class VirtualPen:
         if not isinstance(req, dict):
             reply({"ok": False, "error": "request must be a JSON object"})
             return
+        problem = rigproto.check_request(req)
+        if problem is not None:
+            reply({"ok": False, "error": problem, "ops": list(rigproto.OPS)})
+            return
         op = req.get("op")
         if op == "status":
             reply(self._status_dict())
@@ -1222,7 +1233,8 @@ VirtualPen._CHILD_EVENTS = {
 # ---------------------------------------------------------------------------------------------
 
 def run_sim(link: str | None = None, state_dir: str | None = None, clock: str = "real",
-            blank: bool = False, control: str | None = None, json_out: bool = False) -> int:
+            blank: bool = False, control: str | None = None, json_out: bool = False,
+            pen_time_start_s: int = 0) -> int:
     """`penctl sim`: run a virtual pen in the foreground until SIGINT/SIGTERM; returns the exit code."""
     stop = threading.Event()
     handlers: dict[int, Any] = {}
@@ -1230,8 +1242,8 @@ def run_sim(link: str | None = None, state_dir: str | None = None, clock: str = 
     if in_main:
         for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
             handlers[sig] = signal.signal(sig, lambda *_: stop.set())
-    pen = VirtualPen(link=link, state_dir=state_dir, clock=clock, blank=blank, control=control) \
-        if clock in CLOCKS else None
+    pen = VirtualPen(link=link, state_dir=state_dir, clock=clock, blank=blank, control=control,
+                     pen_time_start_s=pen_time_start_s) if clock in CLOCKS else None
     try:
         if pen is None:
             print(f"penctl sim: --clock must be one of {', '.join(CLOCKS)}", file=sys.stderr)
