@@ -261,7 +261,7 @@ def test_rig_socket(blank_pen):
     assert unknown["ok"] is False and "unknown op" in unknown["error"]
     assert bad["ok"] is False and "JSON" in bad["error"]
     assert meas == {"ok": True, "powered": True, "firmware": False, "motor_on": False, "uv_on": False,
-                    "hz": 0, "depth_um": None, "cartridge": None, "lid_closed": True}
+                    "hz": 0, "depth_um": None, "cartridge": None, "cartridge_used": False, "lid_closed": True}
     assert inj == {"ok": False, "error": "firmware not running", "powered": True}
     assert cart["ok"]
     # power ops over the socket; a second client, later
@@ -362,12 +362,12 @@ def test_rig_forwarding(fw_pen):
     # the same through the Python API
     rep = fw_pen.rig_request({"op": "measure"})
     assert rep["ok"] and rep["injected"] == []
-    # the inserted cartridge survives a power cut and is replayed to the new firmware
-    fw_pen.inject("lid_open")
+    # the inserted cartridge survives a power cut and is replayed to the new firmware (the lid
+    # and the used mark too: tests/test_pensim_world.py, with a fixture that records every op)
     fw_pen.power_cut()
     fw_pen.power_on()
     rep = fw_pen.measure()
-    assert rep["fixture"] and rep["cartridge"] == "ABCD1234" and rep["injected"] == ["lid_open"]
+    assert rep["fixture"] and rep["cartridge"] == "ABCD1234"
 
 
 def test_power_cut_kills_firmware(fw_pen):
