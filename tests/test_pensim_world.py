@@ -268,3 +268,34 @@ def test_real_firmware_final_plant_has_every_measured_key(tmp_path):
     assert at_repl["firmware"] is False and at_repl["powered"] is True
     missing = set(running) - set(at_repl)
     assert not missing, f"keys the firmware measured but the REPL-time measure lost: {sorted(missing)}"
+
+
+# A MicroPython main.py that takes a while to stop after Ctrl-C, with the motor still on, and
+# never answers the rig channel.
+SLOW_STOP_MAIN = r'''
+import json, os, time
+try:
+    while True:
+        time.sleep_ms(5)
+except KeyboardInterrupt:
+    time.sleep_ms(400)
+    with open(os.getenv("PEN_SIM_PLANT_FILE"), "w") as f:
+        f.write(json.dumps({"ok": True, "motor_on": True, "hz": 120, "slow_stop": True}))
+'''
+
+
+def test_measure_while_the_firmware_stops_waits_for_the_truth(tmp_path):
+    # Between Ctrl-C and the REPL the plant still runs: a measure then must not report the
+    # motor off by default, but what the plant says (here: what it leaves when it exits).
+    flash = tmp_path / "flash"
+    flash.mkdir()
+    (flash / "main.py").write_text(SLOW_STOP_MAIN)
+    with VirtualPen(blank=True, state_dir=flash, clock="fast") as pen:
+        pen.wait_for(lambda s: s["firmware"])
+        with open_port(pen) as ser:
+            ser.write(b"\x03")
+            pen.wait_for(lambda s: s["mode"] == "stopping", timeout=2)
+            meas = pen.measure()
+            assert meas["ok"] and meas["slow_stop"] is True and meas["motor_on"] is True and meas["hz"] == 120
+            assert meas["powered"] is True and meas["firmware"] is False
+            read_until(ser, b">>> ")

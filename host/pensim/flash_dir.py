@@ -27,6 +27,8 @@ def check_state_dir(path: Path) -> None:
         if existing.parent == existing:
             break
         existing = existing.parent
+    if not existing.is_dir():
+        raise ValueError(f"--state {path}: {existing} is not a folder")
     if not os.access(existing, os.W_OK | os.X_OK):
         raise ValueError(f"--state {path}: no permission to write in {existing}")
 

@@ -105,6 +105,7 @@ class PenMachine:
         pending = bytes(self._pending_host)
         self._pending_host.clear()
         self._port.hold_input(False)
+        self.state = OFF   # until an interpreter runs: a failed spawn leaves the pen off, and says so
         if mode == "friendly" and (self._flash_dir / "main.py").is_file():
             interp = self._spawn(FIRMWARE)
             self.state = FIRMWARE_STATE
@@ -224,7 +225,12 @@ class PenMachine:
         op = req["op"]
         self.world.apply(req)
         interp = self.interpreter
-        if self.state != FIRMWARE_STATE or interp is None or interp.rig is None:
+        plant = interp.rig if interp is not None and interp.rig is not None and interp.rig.open else None
+        # While a Ctrl-C stops the firmware its plant still runs: a measure waits for the truth
+        # (the plant's answer, or the state it leaves when it exits) instead of guessing.
+        live = plant is not None and (self.state == FIRMWARE_STATE
+                                      or (self.state == STOPPING and op == rigproto.OP_MEASURE))
+        if plant is None or not live:
             powered = self.state != OFF
             if op == rigproto.OP_MEASURE:
                 reply(self._measure_without_firmware())
@@ -233,8 +239,12 @@ class PenMachine:
             else:  # inject, hold_output: there is no plant model running to do it
                 reply({"ok": False, "error": "firmware not running", "powered": powered})
             return
+        assert interp is not None
 
         def answered(answer: dict) -> None:
+            if op == rigproto.OP_MEASURE and not answer.get("ok") and not interp.alive:
+                reply(self._measure_without_firmware())  # it exited first: what it left behind
+                return
             self.world.applied_by_plant(req, answer)
             if answer.get("ok"):
                 self.world.learn(answer)
@@ -243,7 +253,7 @@ class PenMachine:
                 answer.setdefault("firmware", True)
             reply(answer)
 
-        interp.rig.request(req, answered)
+        plant.request(req, answered)
 
     def _final_plant(self) -> dict:
         """The plant state the last firmware wrote when it ended (empty if none)."""
