@@ -26,7 +26,7 @@ from pathlib import Path
 
 from pensim import shim_protocol as sp
 from pensim.loop import PRIORITY_STATE, EventLoop
-from pensim.rig_channel import RigChannel
+from pensim.rig_channel import RIG_TIMEOUT_S, RigChannel
 
 SHIM = Path(__file__).resolve().with_name("repl_shim.py")
 HEAPSIZE = "192K"              # the firmware's heap, as on an RP2040
@@ -301,7 +301,7 @@ class Interpreter:
 
 
 def spawn(loop: EventLoop, kind: str, *, micropython: str, flash_dir: Path, env: dict[str, str],
-          shim_mode: str = "friendly", rig_timeout: float | None = None,
+          shim_mode: str = "friendly", rig_timeout: float = RIG_TIMEOUT_S,
           on_output: Callable[[bytes], None], on_exit: Callable[[Interpreter, int], None],
           on_input_full: Callable[[bool], None]) -> Interpreter:
     """Start the firmware (kind FIRMWARE, `env` is the sim board's) or the shim (SHIM_KIND, in
@@ -336,7 +336,7 @@ def spawn(loop: EventLoop, kind: str, *, micropython: str, flash_dir: Path, env:
     for fd in child_fds:
         os.close(fd)
     if kind == FIRMWARE:
-        rig = RigChannel(loop, own_fds[0], own_fds[1], **({"timeout": rig_timeout} if rig_timeout else {}))
+        rig = RigChannel(loop, own_fds[0], own_fds[1], timeout=rig_timeout)
         return Interpreter(loop, kind, proc, on_output=on_output, on_exit=on_exit,
                            on_input_full=on_input_full, rig=rig)
     return Interpreter(loop, kind, proc, on_output=on_output, on_exit=on_exit,

@@ -42,7 +42,7 @@ PENDING_HOST_CAP = 64 * 1024   # host bytes queued while stopping before the hos
 
 class PenMachine:
     def __init__(self, loop: EventLoop, port: PtyPort, *, micropython: str, flash_dir: Path,
-                 board_env: dict[str, str], plant_file: Path, rig_timeout: float | None,
+                 board_env: dict[str, str], plant_file: Path, rig_timeout: float,
                  identity: dict):
         self._loop = loop
         self._port = port

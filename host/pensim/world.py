@@ -12,6 +12,11 @@ from penctl.firmware.boards import rigproto
 
 # The plant's name for the cartridge's used mark in its reports (measure, the final plant state).
 USED_KEY = "cartridge_used"
+# Injections that change the world rather than the pen (names from rigproto.FAULTS).
+FAULT_LID_OPEN = "lid_open"
+FAULT_CARTRIDGE_OUT = "cartridge_out"
+if FAULT_LID_OPEN not in rigproto.FAULTS or FAULT_CARTRIDGE_OUT not in rigproto.FAULTS:
+    raise ImportError("pensim.world: rigproto.FAULTS no longer has lid_open / cartridge_out")
 
 
 def _normal_id(cartridge_id: str | None) -> str | None:
@@ -43,9 +48,9 @@ class World:
         """An injection the plant carried out that changes the world."""
         if req["op"] != rigproto.OP_INJECT or not answer.get("ok"):
             return
-        if req["fault"] == "lid_open":
+        if req["fault"] == FAULT_LID_OPEN:
             self.lid_closed = False
-        elif req["fault"] == "cartridge_out":
+        elif req["fault"] == FAULT_CARTRIDGE_OUT:
             self.cartridge_known = True
             self.cartridge = None
             self.cartridge_used = False
