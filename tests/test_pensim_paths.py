@@ -176,3 +176,13 @@ def test_link_retargeted_during_the_run_is_kept(short_dir):
         link.symlink_to("/dev/null")
         assert pen.alive
     assert os.readlink(link) == "/dev/null"
+
+
+def test_missing_interpreter_is_refused(short_dir):
+    env = dict(os.environ, PEN_SIM_MICROPYTHON=str(short_dir / "no-micropython"))
+    state = short_dir / "flash"
+    r = subprocess.run([str(PENCTL), "sim", "--blank", "--state", str(state)], capture_output=True, timeout=30,
+                       check=False, env=env)
+    assert r.returncode == EXIT_USAGE
+    assert "not an executable file" in r.stderr.decode() and "Traceback" not in r.stderr.decode()
+    assert not state.exists()

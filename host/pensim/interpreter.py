@@ -44,11 +44,14 @@ class InterpreterMissing(RuntimeError):
     """No MicroPython unix port to run the virtual pen with."""
 
 
-def find_micropython() -> str:
-    """The MicroPython unix port of the venv (`PEN_SIM_MICROPYTHON` overrides)."""
-    env = os.environ.get("PEN_SIM_MICROPYTHON")
-    if env:
-        return env
+def find_micropython(given: str | None = None) -> str:
+    """The MicroPython unix port: `given`, else `PEN_SIM_MICROPYTHON`, else the venv's."""
+    chosen = given or os.environ.get("PEN_SIM_MICROPYTHON")
+    if chosen:
+        found = shutil.which(chosen)
+        if found is None:
+            raise InterpreterMissing(f"MicroPython unix port {chosen!r}: not an executable file")
+        return found
     cand = Path(sys.executable).parent / "micropython"
     if cand.exists():
         return str(cand)

@@ -129,7 +129,7 @@ class VirtualPen:
     def _check(self) -> str:
         """Everything the start needs, checked before anything is created; the interpreter."""
         try:
-            micropython = self._mp_arg or find_micropython()
+            micropython = find_micropython(self._mp_arg)
             if self.link is not None:
                 check_new_path(self.link, "--link")
             if self.control is not None:
