@@ -5,7 +5,6 @@ catch the reset; the pen then boots main.py if the flash has one."""
 from __future__ import annotations
 
 import shutil
-import time
 
 import pytest
 from test_simpen import FIXTURE_MAIN, MPREMOTE, RAW_BANNER, mpremote, ok, open_port, pid_gone, read_until
@@ -15,7 +14,8 @@ from pensim.supervisor import VirtualPen
 pytestmark = pytest.mark.skipif(not MPREMOTE.exists(), reason="mpremote not installed in the venv")
 
 BANNER = b"MicroPython v1.29.0"
-# A board's reset is over in well under a second; the virtual pen's in a fraction of that.
+# How long the tests wait for a reset to finish before they call it lost (a hang guard, not a
+# timing figure: timings are `make bench`'s).
 RESET_DONE_S = 5.0
 
 
@@ -48,10 +48,8 @@ def test_mpremote_reset_without_main_restarts_the_repl(blank_pen):
 def test_mpremote_reset_boots_the_firmware(blank_pen):
     install_fixture_main(blank_pen)
     with open_port(blank_pen) as ser:
-        t = time.monotonic()
         ok(mpremote(blank_pen.port, "reset"))
         out = read_until(ser, b"tick 1\n", timeout=RESET_DONE_S)
-        assert time.monotonic() - t < RESET_DONE_S
     assert b"fixture: boot" in out
     st = blank_pen.wait_for(lambda s: s["firmware"], timeout=RESET_DONE_S)
     assert st["mode"] == "firmware" and st["resets"] == 1 and st["firmware_starts"] == 1
