@@ -1,7 +1,7 @@
 # REPL shim of the virtual pen.  This file is a *MicroPython* script: the
-# virtual-pen supervisor (penctl/simpen.py) runs it on the unix port
+# virtual-pen supervisor (pensim.interpreter) runs it on the unix port
 #
-#     micropython -X heapsize=192K sim_repl.py MODE STATUS_FD ROOT
+#     micropython -X heapsize=256K repl_shim.py MODE STATUS_FD ROOT
 #
 # whenever the pen is not running its firmware (no main.py, after Ctrl-C, after
 # the firmware exited, after a raw-mode soft reset).  It reproduces what a real
@@ -19,13 +19,14 @@
 #                   acknowledged with "\x04", then executed like raw REPL code
 #
 # MODE is "friendly" or "raw" (the mode to start in).  A soft reboot prints
-# "MPY: soft reboot\r\n" and exits with 10 (friendly) or 11 (raw); the
-# supervisor then starts main.py (friendly, if present) or a new shim.
-# STATUS_FD (an inherited pipe, "-" for none) gets one byte per state change:
-# b"B" busy running code with Ctrl-C enabled, b"b" busy with Ctrl-C disabled
-# (micropython.kbd_intr(-1)), b"F" idle in the friendly REPL, b"R" idle in the
-# raw REPL.  The supervisor turns a Ctrl-C that arrives while the shim is
-# busy into SIGINT (-> KeyboardInterrupt), like a board's keyboard interrupt.
+# "MPY: soft reboot\r\n" and exits with EXIT_REBOOT_FRIENDLY or EXIT_REBOOT_RAW;
+# the supervisor then starts main.py (friendly, if present) or a new shim.
+# machine.reset() (what `mpremote reset` sends) reports STATUS_RESET and exits
+# with EXIT_HARD_RESET: the supervisor restarts the pen as from power-on.
+# STATUS_FD (an inherited pipe, "-" for none) gets one byte per state change
+# (shim_protocol.py, beside this file, defines the codes for both sides).  The
+# supervisor turns a Ctrl-C that arrives while the shim is busy into SIGINT
+# (-> KeyboardInterrupt), like a board's keyboard interrupt.
 # ROOT is the pen's flash folder; it is mounted at "/" so that code run here
 # sees exactly the files a board would.
 import builtins
@@ -33,7 +34,14 @@ import io
 import os
 import sys
 
+import machine
 import micropython
+
+# From this file's folder (sys.path[0]), before ROOT is mounted at "/"; then hidden from the
+# code run at the REPL, which sees only the pen's flash.
+import shim_protocol as _sp
+
+del sys.modules["shim_protocol"]
 
 _SELF = __file__
 _out = sys.stdout.buffer
@@ -49,11 +57,14 @@ RAW_BANNER = b"raw REPL; CTRL-B to exit\r\n"
 # MICROPY_REPL_STDIN_BUFFER_MAX (256) / 2, as on the rp2 port.
 PASTE_WINDOW = 128
 
-EXIT_REBOOT_FRIENDLY = 10
-EXIT_REBOOT_RAW = 11
 
 
 class _EOF(Exception):
+    pass
+
+
+class _HardReset(BaseException):
+    # machine.reset() at the REPL: unwinds to main(), which exits with EXIT_HARD_RESET.
     pass
 
 
@@ -129,7 +140,19 @@ class _MicropythonProxy:
     def kbd_intr(self, c):
         global _kbd_enabled
         _kbd_enabled = c == 3
-        _status(b"B" if _kbd_enabled else b"b")
+        _status(_sp.STATUS_BUSY if _kbd_enabled else _sp.STATUS_BUSY_NOINTR)
+
+
+class _MachineProxy:
+    # `machine` as seen by code run in the REPL: reset() restarts the pen as a board's does
+    # (the unix port has no machine.reset).  The supervisor is told first, so code that catches
+    # _HardReset cannot keep the pen from restarting.
+    def __getattr__(self, name):
+        return getattr(machine, name)
+
+    def reset(self):
+        _status(_sp.STATUS_RESET)
+        raise _HardReset()
 
 
 class _OsProxy:
@@ -159,10 +182,11 @@ _globals = {}
 def _execute(src, kind, raw, idle):
     # pyexec.c parse_compile_execute(); src is a one-item list holding the source (so that it
     # can be freed before the code runs).  Returns True for a forced exit
-    # (SystemExit / machine.soft_reset()), which soft-reboots the pen.
+    # (SystemExit / machine.soft_reset()), which soft-reboots the pen; machine.reset() raises
+    # _HardReset through it.
     global _kbd_enabled
     _kbd_enabled = True
-    _status(b"B")
+    _status(_sp.STATUS_BUSY)
     exc = None
     forced = False
     try:
@@ -172,6 +196,8 @@ def _execute(src, kind, raw, idle):
             exec(code, _globals)  # noqa: S102 - this is a REPL
         except SystemExit:
             forced = True
+        except _HardReset:
+            raise
         except BaseException as e:  # noqa: BLE001 - as pyexec.c: KeyboardInterrupt too
             exc = e
     except KeyboardInterrupt as e:
@@ -360,7 +386,7 @@ def _paste_mode():
 def _friendly():
     _W(BANNER)
     while True:
-        _status(b"F")
+        _status(_sp.STATUS_FRIENDLY)
         line = bytearray()
         ret = _readline(line, b">>> ")
         kind = "single"
@@ -399,7 +425,7 @@ def _friendly():
                 continue
         src = [bytes(line)]
         line = None
-        if _execute(src, kind, False, b"F"):
+        if _execute(src, kind, False, _sp.STATUS_FRIENDLY):
             return "reboot"
 
 
@@ -437,7 +463,7 @@ def _raw_paste(cmd):
             remain = PASTE_WINDOW
     src = [bytes(buf)]
     buf = None
-    return _execute(src, "exec", True, b"R")
+    return _execute(src, "exec", True, _sp.STATUS_RAW)
 
 
 def _raw():
@@ -445,7 +471,7 @@ def _raw():
     line = bytearray()
     _W(b">")
     while True:
-        _status(b"R")
+        _status(_sp.STATUS_RAW)
         c = _getc()
         if c == 1:
             if len(line) == 2 and line[0] == 5:
@@ -473,7 +499,7 @@ def _raw():
             return "reboot"
         src = [bytes(line)]
         line = bytearray()
-        if _execute(src, "exec", True, b"R"):
+        if _execute(src, "exec", True, _sp.STATUS_RAW):
             return "reboot"
         _W(b">")
 
@@ -493,6 +519,7 @@ def main():
     builtins.print = _cprint
     sys.modules["micropython"] = _MicropythonProxy()
     sys.modules["os"] = _OsProxy()
+    sys.modules["machine"] = _MachineProxy()
     _globals["__name__"] = "__main__"
     _globals["__repl_print__"] = _repl_print
     try:
@@ -503,8 +530,10 @@ def main():
                 continue  # a stray SIGINT while idle: redisplay the mode's prompt
             if r == "reboot":
                 _W(b"MPY: soft reboot\r\n")
-                sys.exit(EXIT_REBOOT_RAW if mode == "raw" else EXIT_REBOOT_FRIENDLY)
+                sys.exit(_sp.EXIT_REBOOT_RAW if mode == "raw" else _sp.EXIT_REBOOT_FRIENDLY)
             mode = r
+    except _HardReset:
+        sys.exit(_sp.EXIT_HARD_RESET)
     except _EOF:
         sys.exit(0)
 
