@@ -39,6 +39,7 @@ class Part:
         self.present = True
         self.ignore_copies = False      # a clone: says 0xAA but never programs
         self.fail_copies = False        # a copy the part refuses (0xFF)
+        self.stale_scratchpad = False   # answers WRITE SCRATCHPAD's CRC but keeps its old contents
         self.flip_read = None           # index of a READ MEMORY byte to corrupt once
         self.now_ms = 0
         self.violations = []            # bus activity during programming
@@ -118,7 +119,11 @@ class Part:
                 self._read_scratchpad()
         elif state == "ws_addr":
             rx.append(value)
-            if len(rx) == 2:
+            if len(rx) == 2 and self.stale_scratchpad:
+                crc_bytes = [0x0F, rx[0], rx[1]]
+                self._state = "ws_ignored"
+                self._rx = crc_bytes
+            elif len(rx) == 2:
                 self.ta = rx[0] | rx[1] << 8
                 self.es = self.ta & 7
                 self._crc_bytes = [0x0F, rx[0], rx[1]]
@@ -139,6 +144,12 @@ class Part:
                 self._state = "done"
             else:
                 self.es += 1
+        elif state == "ws_ignored":
+            rx.append(value)
+            if len(rx) == 11:
+                crc = crc16(bytes(rx)) ^ 0xFFFF
+                self._tx = [crc & 0xFF, crc >> 8]
+                self._state = "done"
         elif state == "cps":
             rx.append(value)
             if len(rx) == 3:
@@ -279,3 +290,21 @@ def test_s19_wrong_family_rom_ignored():
     body = ROM_BODY
     part = Part(rom=body + bytes((crc8(body) ^ 1,)))  # our family, bad CRC
     assert _driver(part).read_rom() is None
+
+
+def test_s19_scratchpad_checked_before_the_copy():
+    # The part echoes a good CRC but its scratchpad still holds an earlier row (address 0x40):
+    # the driver must see it in READ SCRATCHPAD and never send COPY SCRATCHPAD.
+    part = Part()
+    part.ta = 0x40
+    part.es = 0x07
+    part.stale_scratchpad = True
+    try:
+        _driver(part).mark_used(ROM)
+    except CartridgeMemoryError as exc:
+        assert "scratchpad holds address" in str(exc)
+    else:
+        raise AssertionError("copied a scratchpad it did not verify")
+    assert 0x55 not in part.commands
+    assert bytes(part.memory[0x40:0x48]) == bytes(8) and bytes(part.memory[0x60:0x68]) == b"\xff" * 8
+
