@@ -113,6 +113,7 @@ class Auth:
         self.nonce = None          # the one outstanding nonce (bytes) ...
         self.nonce_ms = 0          # ... and when it was issued
         self.lock_ms = 0           # when the current lock began (elapsed pen ms)
+        self.expiry_unsaved = False
         self._load()
 
     # ---- records ----
@@ -160,6 +161,7 @@ class Auth:
 
     def _write_auth(self):
         self.store.write(REC_AUTH, {"failures": self.failures, "level": self.level, "locked": self.locked})
+        self.expiry_unsaved = False
 
     def provisioned(self):
         return self.key is not None or self.key_corrupt
@@ -184,7 +186,7 @@ class Auth:
 
     def locked_ms(self, now_ms):
         """Remaining lock in ms (0: not locked). An expired lock ends here, in RAM; the record
-        says locked until the next write, so a power cut before then locks again (fail closed)."""
+        says locked until save_expiry() (a power cut before then locks again: fail closed)."""
         if not self.locked:
             return 0
         left = lock_seconds(self.level) * 1000 - (now_ms - self.lock_ms)
@@ -192,7 +194,17 @@ class Auth:
             return left
         self.locked = False
         self.failures = 0
+        self.expiry_unsaved = True
         return 0
+
+    def save_expiry(self):
+        """Record the end of an expired lock (from a request, never while the motor runs)."""
+        if self.expiry_unsaved:
+            try:
+                self._write_auth()
+                self.expiry_unsaved = False
+            except StoreError:
+                self.store_errors += 1
 
     def boot_lock(self, now_ms):
         """Start a lock found in the record at boot, at the pen time the clinical module starts."""

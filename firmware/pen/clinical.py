@@ -169,6 +169,7 @@ class Clinical:
             self.auth.nonce = None     # no nonce outlives a refusal
             self._audit_quietly("auth_locked", {"op": op, "level": self.auth.level}, same=("level",))
             self.auth.refuse_locked(left)
+        self.auth.save_expiry()
 
     def _authorize(self, op, body):
         """Check the request's answer to the pen's nonce; returns the nonce used. Every failure
