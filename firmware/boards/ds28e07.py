@@ -88,7 +88,7 @@ class DS28E07:
 
     def read_memory(self, rom, address, length):
         """`length` bytes from `address`, read twice (READ MEMORY has no CRC); they must agree."""
-        first = None
+        reads = []
         for _ in range(2):
             self._select(rom)
             ow = self.ow
@@ -97,11 +97,10 @@ class DS28E07:
             ow.writebyte(address >> 8)
             buf = bytearray(length)
             ow.readinto(buf)
-            if first is None:
-                first = buf
-            elif buf != first:
-                raise CartridgeMemoryError("memory reads disagree")
-        return bytes(first)
+            reads.append(buf)
+        if reads[0] != reads[1]:
+            raise CartridgeMemoryError("memory reads disagree")
+        return bytes(reads[0])
 
     def write_row(self, rom, address, data):
         """Program one 8-byte row through the scratchpad; CartridgeMemoryError if any step fails."""

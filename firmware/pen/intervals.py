@@ -77,10 +77,13 @@ class Intervals:
         else:
             self.record = None     # unreadable: interval sessions refused, clock_set needs the key
 
-    def _refuse_if_corrupt(self):
-        if self.record is None:
+    def _intact(self):
+        """The record; STORE_CORRUPT if it is unreadable."""
+        record = self.record
+        if record is None:
             raise ClinicalError(proto.E_STORE_CORRUPT, "the interval record is unreadable: set the clock "
                                 "with the clinician key to start a new one")
+        return record
 
     def _write(self, record):
         self.store.write(REC_INTERVAL, record)
@@ -129,8 +132,7 @@ class Intervals:
 
     def add_override(self, name):
         """A write() that allows one early session with profile `name`."""
-        self._refuse_if_corrupt()
-        new = _copy(self.record)
+        new = _copy(self._intact())
         if name not in new["override"]:
             new["override"].append(name)
         return lambda: self._write(new)
@@ -141,13 +143,13 @@ class Intervals:
         """Refuse a session with profile `name` (interval `days`) now: CLOCK_UNSET, TOO_SOON."""
         if not days:
             return
-        self._refuse_if_corrupt()
+        record = self._intact()
         now = self.utc(now_ms)
         if now is None:
             raise ClinicalError(proto.E_CLOCK_UNSET, "profile '%s' has a %d-day interval and the pen's clock "
                                 "is not set: run penctl clock set" % (name, days))
-        last = self.record["last"].get(name)
-        if last is not None and now < last + days * lim.DAY_S and name not in self.record["override"]:
+        last = record["last"].get(name)
+        if last is not None and now < last + days * lim.DAY_S and name not in record["override"]:
             raise ClinicalError(proto.E_TOO_SOON, "profile '%s' was last used %s; its interval is %d days: "
                                 "next session from %s" % (name, utc_text(last), days,
                                                           utc_text(last + days * lim.DAY_S)))
