@@ -30,6 +30,7 @@ from .wire import dumps
 REC_CEILING = "ceiling"
 _AUDIT_READ_MAX = 4         # audit entries per reply ...
 _AUDIT_READ_BYTES = 1600    # ... and at most this much of them (FRAME_MAX with room to spare)
+_SERVICE_US = 1000000       # service() folds pen time into the accumulator this often
 
 __all__ = ("Clinical", "ClinicalError", "check_min_interval_days", "utc_text")
 
@@ -86,8 +87,11 @@ class Clinical:
         return self.intervals.utc(self._now_ms())
 
     def service(self):
-        """Once per loop pass: keeps the elapsed-time accumulator fed and drops a stale nonce."""
-        self.auth.expire(self._now_ms())
+        """Every loop pass: keeps the elapsed-time accumulator fed and drops a stale nonce. The
+        accumulator is a long int on the RP2040 after 2**30 us, so it is updated once a second
+        of pen time, not every pass: the common pass is one ticks_us() and one ticks_diff()."""
+        if ticks_diff(self._ticks_us(), self._last_us) >= _SERVICE_US:
+            self.auth.expire(self._now_ms())
 
     # ---- audit ----
 

@@ -13,6 +13,7 @@ from pen.store import Store, StoreError
 
 # time.ticks_* period on the unix port (64-bit) and in pen.compat on CPython.
 TICKS_PERIOD = 1 << 62
+_TICKS_MASK = TICKS_PERIOD - 1   # a small int on MicroPython: masking allocates nothing
 SERIAL = "E6614C311B6F5A2C"
 KEY = bytes(range(1, 33))
 OTHER_KEY = bytes(range(101, 133))
@@ -33,7 +34,7 @@ class Clock:
         self.us = start_us
 
     def ticks_us(self):
-        return self.us % TICKS_PERIOD
+        return self.us & _TICKS_MASK
 
     def advance_ms(self, ms):
         self.us += ms * 1000
