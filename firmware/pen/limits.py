@@ -77,3 +77,18 @@ TELEMETRY_LEASE_MAX = const(3000)  # 60 s
 FRAME_MAX = const(2048)            # bytes per frame, newline excluded (16 profiles fit one reply)
 RX_BYTES_PER_PASS = const(64)      # bounded protocol work per loop pass
 
+# --- S16-S20: clinical safety (docs/clinical.md) ---
+DEPTH_CEILING_DEFAULT_UM = const(500)  # factory-fresh pen: scalp depth
+AUTH_NONCE_MS = const(30000)       # a nonce answers once, within 30 s of pen time
+AUTH_FAILURES_MAX = const(5)       # failures in a row that lock privileged ops
+AUTH_LOCK_S = const(60)            # first lock; doubles with each further lock ...
+AUTH_LOCK_MAX_S = const(86400)     # ... up to a day (keeps the pen serviceable)
+CLOCK_BACK_FREE_S = const(3600)    # setting the clock back further needs the key
+INTERVAL_DAYS_MAX = const(90)      # profile min_interval_days 0..90
+DAY_S = const(86400)
+# Accepted wall-clock range (2020-01-01 .. 2100-01-01 UTC). Plain ints: above the RP2040's
+# small-int range, so not const().
+UTC_MIN_S = 1577836800
+UTC_MAX_S = 4102444800
+AUDIT_PAGES = const(8)             # audit ring: 8 records ...
+AUDIT_PAGE_ENTRIES = const(8)      # ... of 8 entries: the newest 57-64 entries are kept

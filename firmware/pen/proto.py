@@ -44,6 +44,16 @@ E_DEPTH_RANGE = "DEPTH_RANGE"
 E_DEPTH_GRID = "DEPTH_GRID"
 E_HZ_RANGE = "HZ_RANGE"
 E_DURATION_RANGE = "DURATION_RANGE"
+# Clinical safety (S16-S20, docs/design.md §3.5, docs/clinical.md).
+E_DEPTH_CEILING = "DEPTH_CEILING"          # deeper than the pen's depth ceiling (S16)
+E_AUTH_REQUIRED = "AUTH_REQUIRED"          # the op needs the clinician key; no answer was sent (S17)
+E_AUTH_FAILED = "AUTH_FAILED"              # wrong, replayed, expired or mismatched answer (S17)
+E_AUTH_LOCKED = "AUTH_LOCKED"              # privileged ops locked after repeated failures (S17)
+E_NO_KEY = "NO_KEY"                        # no clinician key provisioned on this pen (S17)
+E_CLOCK_UNSET = "CLOCK_UNSET"              # the pen's wall clock is not set (S18)
+E_TOO_SOON = "TOO_SOON"                    # inside the profile's minimum interval (S18)
+E_INTERVAL_RANGE = "INTERVAL_RANGE"        # min_interval_days not an integer 0-90 (S18)
+E_CARTRIDGE_MEMORY = "CARTRIDGE_MEMORY"    # the cartridge's used mark cannot be read or written (S19)
 
 # ---- telemetry: {"ev": "tm", "sub": SUB, "n": INDEX, "s": [ints in this order]} ----
 # Index of each field in a sample (the control tick writes them).
