@@ -35,6 +35,7 @@ FAULTS = (
     "uv_sensor_stuck",  # UV sensor reads a constant mid-scale value whatever the LED does
     "uv_led_dead",      # UV LED gives no light
     "motor_stuck_on",   # motor driver stuck on: the motor turns while commanded off
+    "cartridge_memory_fail",  # the cartridge's 1-Wire memory does not answer (S19: CARTRIDGE_MEMORY)
 )
 
 HOLD_OUTPUT_MAX_MS = 600000       # longest hold_output a rig may ask for (10 min)
