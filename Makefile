@@ -6,7 +6,7 @@ STUBS := $(VENV)/rp2-stubs
 STAMP := $(VENV)/.setup-stamp
 PORT ?=
 
-.PHONY: setup test check demo sim flash hil bench clean
+.PHONY: setup test check demo sim flash hil bench trace clean
 
 setup: $(STAMP)
 
@@ -21,9 +21,15 @@ $(STAMP): pyproject.toml constraints.txt Makefile
 	touch $(STAMP)
 
 test: setup
-	$(BIN)/python -m pytest -q -p no:cacheprovider tests
+	rm -rf build/junit hil_report
+	$(BIN)/python -m pytest -q -p no:cacheprovider tests --junitxml=build/junit/tests.xml
 	$(MAKE) --no-print-directory check
 	$(BIN)/python -m pytest -q -p no:cacheprovider hil_tests --hil-report=hil_report
+	$(MAKE) --no-print-directory trace
+
+# docs/traceability.md from docs/traceability.toml and the JUnit XML of the last `make test`.
+trace: setup
+	$(BIN)/python tools/trace.py
 
 check: setup
 	$(BIN)/python tools/check.py

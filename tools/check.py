@@ -73,7 +73,8 @@ def result(step: str, ok: bool, text: str) -> bool:
 
 def firmware_targets() -> list[Path]:
     files = sorted((FIRMWARE / "pen").rglob("*.py")) if (FIRMWARE / "pen").is_dir() else []
-    for extra in (FIRMWARE / "boards" / "pico_pen.py", FIRMWARE / "main.py", FIRMWARE / "boot_stub.py"):
+    for extra in (FIRMWARE / "boards" / "pico_pen.py", FIRMWARE / "boards" / "ds28e07.py",
+                  FIRMWARE / "main.py", FIRMWARE / "boot_stub.py"):
         if extra.exists():
             files.append(extra)
     return [f for f in files if "__pycache__" not in f.parts]
