@@ -261,7 +261,7 @@ class SerialLink:
         try:
             waiting = ser.in_waiting
             if waiting:
-                return ser.read(waiting)
+                return self._read_available(ser, waiting)
             if wait <= 0:
                 return b""
             wait = min(wait, self.POLL_S)
@@ -271,12 +271,28 @@ class SerialLink:
             if data:
                 waiting = ser.in_waiting
                 if waiting:
-                    data += ser.read(waiting)
+                    data += self._read_available(ser, waiting)
             return data
         except (serial.SerialException, OSError) as exc:
             self.close()
             raise LinkError("lost the connection to the pen on %s: %s. Is it still plugged in?"
                             % (self.port, _os_reason(exc))) from None
+
+    #: bytes read at once from a socket:// port
+    SOCKET_CHUNK = 65536
+
+    def _read_available(self, ser, waiting):
+        """The bytes that have arrived. pyserial's socket:// port reports 1 as in_waiting whenever
+        anything is there; reading that one byte at a time would take seconds for a backlog, so a
+        socket is read without waiting (timeout 0) in large chunks."""
+        if not self.port.startswith("socket://"):
+            return ser.read(waiting)
+        previous = ser.timeout
+        ser.timeout = 0
+        try:
+            return ser.read(self.SOCKET_CHUNK)
+        finally:
+            ser.timeout = previous
 
     def _pump(self, wait):
         """Read what is available (waiting at most `wait` s for the first byte) and sort it.
