@@ -235,6 +235,37 @@ def test_plan_back_to_the_previous_build_only_switches(build):
     assert plan.slot == "b" and not plan.stage and plan.set_pointer and not plan.write
 
 
+def _factory_pen(build):
+    pen = _pen(build, stub="f" * 64)
+    pen.main_is_stub = False
+    pen.root_files = {"main.py": "f" * 64, "pen/app.py": "1" * 64, "boards/sim.py": "2" * 64}
+    pen.root_dirs = {"pen", "boards"}
+    return pen
+
+
+def test_plan_factory_image_becomes_the_fallback_slot(build):
+    plan = flash.make_plan(build, _factory_pen(build))
+    assert plan.slot == "a" and plan.stage and plan.write_stub and plan.set_pointer
+    assert plan.adopt.slot == "b" and plan.fallback == "b" and plan.adopt.copy
+    assert plan.adopt.files == {"main.py": "f" * 64, "pen/app.py": "1" * 64, "boards/sim.py": "2" * 64}
+    assert plan.adopt.mkdirs == ["boards", "pen"] and plan.generation == plan.adopt.generation + 1
+    code = device.adopt_code(plan.adopt, build.stub_module)
+    assert code.index("R('fw/b/complete')") < code.index("C('main.py','fw/b/main.py')")
+    # adopted before (an interrupted first flash): not copied again, still the fallback
+    pen = _factory_pen(build)
+    pen.files["b"], pen.gens["b"] = dict(pen.root_files), 1
+    again = flash.make_plan(build, pen)
+    assert again.adopt.slot == "b" and not again.adopt.copy and again.fallback == "b" and again.generation == 2
+
+
+def test_plan_an_older_boot_stub_is_not_a_factory_image(build):
+    pen = _pen(build, {"a": {"main.mpy": "0" * 64}}, {"a": 1}, "a", stub="e" * 64)
+    pen.main_is_stub = True
+    pen.root_files = {"main.py": "e" * 64}
+    plan = flash.make_plan(build, pen)
+    assert plan.adopt is None and plan.slot == "b" and plan.fallback == "a" and plan.write_stub
+
+
 def test_refuse_a_pen_that_cannot_load_the_mpy_version(build):
     pen = _pen(build)
     pen.mpy = 5 | 3 << 8 | 4 << 10
@@ -356,6 +387,10 @@ def test_flash_a_pen_running_its_factory_firmware(tmp_path):
         assert rep["changed"] and rep["protocol"] == limits.PROTOCOL_VERSION
         assert (state / "main.py").read_bytes() != factory_main
         assert (state / "fw" / "active").read_text() == rep["slot"]
+        # the factory image stays bootable in the other slot (the fallback), older than the new one
+        assert rep["factory_adopted"] and rep["fallback"] == "b" and rep["slot"] == "a"
+        assert (state / "fw" / "b" / "main.py").read_bytes() == factory_main
+        assert int((state / "fw" / "b" / "complete").read_text()) < int((state / "fw" / "a" / "complete").read_text())
         vp.power_cut()
         vp.power_on()
         assert flash.ping(vp.port, 10) == limits.PROTOCOL_VERSION    # boots the flashed slot
@@ -468,6 +503,29 @@ def test_a_firmware_that_does_not_start_is_rolled_back(tmp_path):
         assert flash.ping(vp.port, 10) == limits.PROTOCOL_VERSION      # the previous firmware runs
         rep = flash.flash_firmware(vp.port, source_dir=fw)                           # and stays: nothing to do
         assert rep["slot"] == "a" and not rep["changed"]
+
+
+@needs_pen
+def test_failed_first_flash_on_a_factory_pen_keeps_the_factory_firmware(tmp_path):
+    src = firmware_copy(tmp_path, "broken")
+    app = src / "pen" / "app.py"
+    app.write_text(app.read_text() + "\nraise RuntimeError('boom at import')\n")
+    state = tmp_path / "state"
+    with VirtualPen(state_dir=state, clock="real", blank=False) as vp:
+        assert flash.ping(vp.port, 10) == limits.PROTOCOL_VERSION          # the factory image runs
+        factory_main = (state / "main.py").read_bytes()
+        with pytest.raises(FlashError) as err:
+            flash.flash_firmware(vp.port, source_dir=src)
+        assert "boom at import" in err.value.message and "factory firmware" in err.value.message
+        assert "switched back" in err.value.message
+        assert flash.ping(vp.port, 10) == limits.PROTOCOL_VERSION          # and runs again
+        assert (state / "fw" / "active").read_text() == "b"
+        assert (state / "fw" / "b" / "main.py").read_bytes() == factory_main
+        vp.power_cut()
+        vp.power_on()
+        assert flash.ping(vp.port, 10) == limits.PROTOCOL_VERSION          # after a power cycle too
+        rep = flash.flash_firmware(vp.port)                                # a good firmware goes on
+        assert rep["slot"] == "a" and rep["fallback"] == "b" and rep["protocol"] == limits.PROTOCOL_VERSION
 
 
 @needs_pen

@@ -24,15 +24,15 @@ from pensim.supervisor import VirtualPen
 LONG_PROFILE = '[[profile]]\nname = "long"\ndepth_mm = 1.0\nstroke_hz = 100\nmax_session_s = 1800\n'
 
 
-def unlocked_state(tmp_path):
-    """A pen flash folder with the profile `long` active and a completed sterilisation (READY)."""
+def unlocked_state(tmp_path, profile_text=LONG_PROFILE, name="long"):
+    """A pen flash folder with one profile active and a completed sterilisation (READY after boot)."""
     state = tmp_path / "state"
-    profiles = tmp_path / "long.toml"
-    profiles.write_text(LONG_PROFILE)
+    profiles = tmp_path / "profile.toml"
+    profiles.write_text(profile_text)
     with VirtualPen(state_dir=state, clock="fast") as pen:
         wait_state(pen, ("LOCKED", "READY"))
         ok(run("profile", "push", profiles, port=pen.port))
-        ok(run("profile", "use", "long", port=pen.port))
+        ok(run("profile", "use", name, port=pen.port))
         ok(run("sterilise", port=pen.port))
     return state
 
