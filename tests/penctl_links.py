@@ -180,8 +180,12 @@ class LatencyLink:
 
 
 class _PtySerial(serial.Serial):
-    """The pen's pty as pyserial sees it; a pty has no modem lines or break: setting them is a no-op
-    (a USB-CDC pen ignores them too)."""
+    """The pen's pty as pyserial sees it. A pty has no modem lines or break: setting them is a no-op and
+    reading them gives a connected line (a USB-CDC pen ignores them too); the RFC 2217 server reports
+    them to the client."""
+
+    cts = dsr = cd = property(lambda self: True)
+    ri = property(lambda self: False)
 
     def _update_rts_state(self):
         pass

@@ -100,7 +100,9 @@ class SerialLink:
     # ---- open / close ----
 
     def open(self):
-        kwargs = {"baudrate": self._baudrate, "timeout": self.POLL_S, "write_timeout": self.REQUEST_TIMEOUT_S}
+        kwargs = {"baudrate": self._baudrate, "timeout": self.POLL_S}
+        if not self.port.startswith("rfc2217://"):       # pyserial's RFC 2217 client has no write timeout
+            kwargs["write_timeout"] = self.REQUEST_TIMEOUT_S
         if "://" not in self.port:
             kwargs["exclusive"] = True   # two programs on one pen would steal each other's replies
         try:
