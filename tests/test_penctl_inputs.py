@@ -198,14 +198,17 @@ def test_session_seconds_out_of_range_before_the_port(pty_port, value):
     assert proc.returncode == 2 and payload["error"]["code"] == "USAGE", proc.stderr
 
 
-@pytest.mark.parametrize("value", ["0", "86401", "nan"])
+@pytest.mark.parametrize("value", ["0", "3601", "nan"])
 def test_telemetry_seconds_out_of_range_before_the_port(pty_port, value):
-    refused_unsent(pty_port, "telemetry", "--seconds", value, code="USAGE", words=["0 < N <= 86400"])
+    refused_unsent(pty_port, "telemetry", "--seconds", value, code="USAGE", words=["0 < N <= 3600"])
 
 
 def test_bad_stop_timeout_and_port_with_serial(pty_port):
     refused_unsent(pty_port, "session", "stop", "--stop-timeout", "nan", code="USAGE", words=["0 < N <= 3600"])
     refused_unsent(pty_port, "--serial", "E661", "info", code="USAGE", words=["--port or --serial"])
+    for option in ("--port=", "--serial="):
+        proc, payload = penctl(option, "info")
+        assert proc.returncode == 2 and payload["error"]["code"] == "USAGE", (option, proc.stderr)
 
 
 # ---- penctl sim never replaces a file it did not create ----

@@ -136,6 +136,9 @@ def main(argv=None):
             handler.setFormatter(_VerboseFormatter())
             log.addHandler(handler)
             log.setLevel(logging.INFO)
+        for option, value in (("--port", args.port), ("--serial", args.serial)):
+            if value is not None and not value.strip():
+                raise UsageError("%s needs a value, not an empty text" % option)
         command = TABLE[args.command]
         trace_path = paths.check_output_path(args.trace, "--trace") if args.trace else None
         command.check(args)                       # everything is validated before any side effect

@@ -40,8 +40,8 @@ RETRACTED_MAX_UM = lim.DEPTH_TOL_UM
 ENDED_STATES = ("LOCKED", "FAULT")
 #: the longest `session run --seconds` (a session never outlasts the longest profile)
 SESSION_RUN_MAX_S = lim.SESSION_MAX_S
-#: the longest `telemetry --seconds`
-TELEMETRY_MAX_S = 24 * 3600
+#: the longest `telemetry --seconds`: an hour is 180 000 rows held in memory until written
+TELEMETRY_MAX_S = 3600
 
 
 def _mm(um):
@@ -342,9 +342,10 @@ class Pen:
                 log.info("session %s is over: state %s, depth %d um", session, raw["state"], depth)
                 return {"state": raw["state"], "depth_mm": _mm(depth), "session_end": end}
             if time.monotonic() >= deadline:
-                raise LinkError("the pen did not confirm the end of session %s within %g s: state %s, depth %s mm, "
-                                "motor %s Hz. Check it with `penctl info`; a longer --stop-timeout waits longer"
-                                % (session, timeout, raw.get("state"), _mm(depth), _hz(raw.get("hz_chz"))))
+                state = raw.get("state") if not raw.get("fault") else "%s (%s)" % (raw.get("state"), raw.get("fault"))
+                raise LinkError("the pen did not confirm the end of session %s within %g s: state %s, needles at %s "
+                                "mm, motor %s Hz. Check the pen (`penctl info`); a longer --stop-timeout waits longer"
+                                % (session, timeout, state, _mm(depth), _hz(raw.get("hz_chz"))))
 
     def _quietly(self, func, *args, **kwargs):
         try:
