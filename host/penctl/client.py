@@ -364,7 +364,8 @@ class Pen:
 
     def telemetry(self, seconds, on_sample=None):
         """Record this command's own telemetry for `seconds` of pen time from its subscription.
-        Returns {"rows", "samples", "seconds", "sample_gaps", "stale_dropped", "event_gaps"}."""
+        Returns {"rows", "samples", "seconds", "sample_gaps", "stale_dropped", "event_gaps"}; an exception
+        carries the rows recorded so far as its `recording` attribute."""
         seconds = check_seconds(seconds, TELEMETRY_MAX_S)
         gaps_before = self.link.event_gaps
         sub = streaming.Subscription(self)
@@ -372,6 +373,9 @@ class Pen:
         recording = streaming.Recording()
         try:
             streaming.record(self, sub, recording, until_ms=sub.t_ms + round(seconds * 1000), on_sample=on_sample)
+        except BaseException as exc:
+            exc.recording = recording.rows      # the caller still saves what was recorded
+            raise
         finally:
             sub.stop()
         return {"samples": len(recording.rows), "seconds": seconds, "sample_gaps": sub.gaps,

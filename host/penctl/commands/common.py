@@ -142,6 +142,20 @@ def save_recording(args, rows, title):
     raise exc
 
 
+def save_partial_recording(args, out, exc, title):
+    """The command failed or was interrupted after recording started: write what it recorded (the
+    exception carries it as `recording`) to --csv / --plot, and say where it went."""
+    rows = getattr(exc, "recording", None)
+    if not rows or not (args.csv or args.plot):
+        return
+    out.end_progress()
+    try:
+        written = save_recording(args, rows, title)
+        out.note("the %d rows recorded before this ended were written to %s" % (len(rows), ", ".join(written.values())))
+    except OutputError as problem:
+        out.note(problem.message)
+
+
 def sample_progress(out, label):
     def show(row):
         out.progress("%s: t %8.2f s  %-11s %6.1f Hz  depth %s mm  %5d mA  %5.1f degC"

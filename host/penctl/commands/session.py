@@ -4,8 +4,8 @@ from penctl import errors
 from penctl.client import SESSION_RUN_MAX_S, Pen
 from penctl.commands import Command
 from penctl.commands.common import (add_action, add_actions, add_recording_outputs, check_recording_outputs,
-                                    open_pen, rows_summary, sample_progress, save_recording, seconds_type,
-                                    timeout_type)
+                                    open_pen, rows_summary, sample_progress, save_partial_recording, save_recording,
+                                    seconds_type, timeout_type)
 from penctl.output import num
 
 
@@ -58,15 +58,7 @@ def _run(args, out):
             result = pen.session_run(args.seconds, on_sample=sample_progress(out, "session"), profile=args.profile,
                                      stop_timeout=args.stop_timeout)
     except BaseException as exc:
-        rows = getattr(exc, "recording", None)
-        if rows and (args.csv or args.plot):
-            out.end_progress()
-            try:
-                written = save_recording(args, rows, title)
-                out.note("the %d rows recorded before this error were written to %s"
-                         % (len(rows), ", ".join(written.values())))
-            except errors.OutputError as problem:
-                out.note(problem.message)
+        save_partial_recording(args, out, exc, title)
         raise
     out.end_progress()
     rows = result["rows"]

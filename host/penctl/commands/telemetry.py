@@ -4,7 +4,7 @@ from penctl import errors
 from penctl.client import TELEMETRY_MAX_S
 from penctl.commands import Command
 from penctl.commands.common import (add_recording_outputs, check_recording_outputs, open_pen, rows_summary,
-                                    sample_progress, save_recording, seconds_type)
+                                    sample_progress, save_partial_recording, save_recording, seconds_type)
 
 TELEMETRY_COLUMNS = """\
 CSV columns / JSON row keys: t_s (pen time since power-on, s), state, depth_set_mm,
@@ -20,8 +20,12 @@ def add_arguments(p):
 
 
 def run(args, out):
-    with open_pen(args) as pen:
-        result = pen.telemetry(args.seconds, on_sample=sample_progress(out, "telemetry"))
+    try:
+        with open_pen(args) as pen:
+            result = pen.telemetry(args.seconds, on_sample=sample_progress(out, "telemetry"))
+    except BaseException as exc:
+        save_partial_recording(args, out, exc, "pen telemetry")
+        raise
     out.end_progress()
     try:
         result.update(save_recording(args, result["rows"], "pen telemetry"))
