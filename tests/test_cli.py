@@ -389,12 +389,18 @@ def test_session_run_ends_time_limit_fault_and_interrupt(fresh_pen, tmp_path):
     # Ctrl-C (SIGINT) stops the session before penctl exits.
     ok(run("sterilise", port=port))
     rig(fresh_pen, {"op": "cartridge", "id": "A3"})
-    proc = _start(port, "session", "run", "--seconds", "1800", "--profile", "long")
+    interrupted_csv = tmp_path / "interrupted.csv"
+    proc = _start(port, "session", "run", "--seconds", "1800", "--profile", "long", "--csv", interrupted_csv)
     wait_motor(fresh_pen)
     proc.send_signal(signal.SIGINT)
     stdout, stderr = proc.communicate(timeout=30)
     assert proc.returncode == 130, (stdout, stderr)
     assert json.loads(stdout)["error"]["code"] == "INTERRUPTED"
+    # what was recorded before the interrupt is not lost
+    assert "written to %s" % interrupted_csv in stderr, stderr
+    with open(interrupted_csv, newline="") as handle:
+        rows = list(csv.reader(handle))
+    assert rows[0] == TM_HEADER and any(row[1] == "RUNNING" for row in rows[1:])
     assert ok(run("info", port=port))["state"] == "LOCKED"
     sessions = [e for e in ok(run("log", port=port))["entries"] if e["kind"] == "session"]
     assert [(s["cartridge"], s["end"]) for s in sessions] == [("A1", "TIME_LIMIT"), ("A2", "FAULT"),

@@ -2,9 +2,9 @@
 
     from penctl import Pen
 
-    with Pen("/dev/ttyACM0") as pen:          # or Pen() to auto-detect
+    with Pen("/dev/ttyACM0") as pen:          # or Pen() to auto-detect, Pen(serial_number="E66...")
         print(pen.info()["state"])
-        pen.profile_push(penctl.profiles.load_file("profiles/scalp.toml"))
+        pen.profile_push("profiles/scalp.toml")
         pen.profile_use("scalp-crown")
         pen.sterilise()                         # waits for the UV cycle (60 s)
         result = pen.session_run(30, on_sample=print)
@@ -15,21 +15,33 @@ ProtocolError (unexpected frames or protocol version), UsageError (bad
 arguments, checked before anything is sent).
 
 Returned dicts are in host units (mm, Hz, degC, V, s); the wire carries
-integers (um, cHz, cdegC, mV, ms).
+integers (um, cHz, cdegC, mV, ms). Nothing older than the call is acted on
+(docs/design.md §3.3): see penctl.transport and penctl.streaming.
 """
 
+import math
 import os
 import time
 
-from penctl.firmware.pen.limits import PROFILES_MAX, PROTOCOL_VERSION
 from penctl import profiles as host_profiles
-from penctl import telemetry as tm
+from penctl import streaming
 from penctl.discover import resolve_port
 from penctl.errors import LinkError, PenRefused, ProtocolError, UsageError
+from penctl.firmware.pen import limits as lim
+from penctl.firmware.pen.limits import PROFILES_MAX, PROTOCOL_VERSION
+from penctl.tracing import log
 from penctl.transport import SerialLink
 
 _REASON_MAX = 64
 _LOG_PAGE = 4
+#: needles retracted: within the depth tolerance of the retracted position (docs/design.md S2, S9)
+RETRACTED_MAX_UM = lim.DEPTH_TOL_UM
+#: states in which no session runs and the motor may not run (docs/design.md §4: `session stop`)
+ENDED_STATES = ("LOCKED", "FAULT")
+#: the longest `session run --seconds` (a session never outlasts the longest profile)
+SESSION_RUN_MAX_S = lim.SESSION_MAX_S
+#: the longest `telemetry --seconds`: an hour is 180 000 rows held in memory until written
+TELEMETRY_MAX_S = 3600
 
 
 def _mm(um):
@@ -61,6 +73,15 @@ def check_reason(reason):
     return reason
 
 
+def check_seconds(seconds, maximum, what="seconds"):
+    """A duration in seconds, 0 < seconds <= maximum (finite), else UsageError naming the range."""
+    if (isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or not math.isfinite(seconds)
+            or not 0 < seconds <= maximum):
+        raise UsageError("%s must be a number of seconds in the range 0 < N <= %g, not %r"
+                         % (what, maximum, seconds), code="SECONDS")
+    return seconds
+
+
 def log_entry_to_host(entry):
     """Session-log entry: *_um -> *_mm, *_ms -> *_s; other fields unchanged."""
     out = {}
@@ -81,13 +102,17 @@ class Pen:
     STERILISE_POLL_S = 0.25
     #: give up waiting for a sterilisation result after this long (the pen aborts at 120 s)
     STERILISE_WAIT_S = 180.0
+    #: `session stop` / the end of `session run`: wait this long for the pen to confirm the end
+    STOP_TIMEOUT_S = 10.0
+    #: pause between `info` polls while waiting for a session to end
+    STOP_POLL_S = 0.1
 
-    def __init__(self, port=None, timeout=None, open_timeout=None, connect=True):
-        self.port = resolve_port(port)
+    def __init__(self, port=None, timeout=None, open_timeout=None, connect=True, serial_number=None,
+                 trace=None):
+        self.port = resolve_port(port, serial_number)
         self.link = SerialLink(self.port, request_timeout=timeout,
-                               open_timeout=open_timeout if open_timeout is not None else timeout)
+                               open_timeout=open_timeout if open_timeout is not None else timeout, trace=trace)
         self.protocol = None
-        self._sub = None
         if connect:
             self.connect()
 
@@ -117,17 +142,19 @@ class Pen:
 
     # ---- requests ----
 
-    def request(self, op, timeout=None, **fields):
+    def request(self, op, timeout=None, fresh_events=False, **fields):
         """Send one op; return the response body without "ok"; PenRefused if the pen said no."""
         body = dict(fields)
         body["op"] = op
-        response = self.link.request(body, timeout=timeout)
+        log.info("request %s", op)
+        response = self.link.request(body, timeout=timeout, fresh_events=fresh_events)
         ok = response.get("ok")
         if ok is True:
             return {k: v for k, v in response.items() if k != "ok"}
         if ok is False:
             code = response.get("code") or "REFUSED"
             message = response.get("msg") or "the pen refused '%s'" % op
+            log.info("the pen refused %s: %s", op, code)
             if isinstance(code, str) and code.startswith("FRAME_"):
                 raise ProtocolError("the pen could not read our '%s' request: %s (%s)" % (op, message, code))
             raise PenRefused(code, message, response.get("field"))
@@ -145,24 +172,19 @@ class Pen:
 
     handshake = ping
 
+    _INFO_CONVERTED = ("depth_um", "depth_set_um", "hz_chz", "hz_set_chz", "limits", "counters")
+
     def info(self):
+        """`info` in host units; fields this penctl does not convert are passed through unchanged."""
         raw = self.request("info")
         limits = raw.get("limits") or {}
-        counters = raw.get("counters") or {}
-        out = {
-            "firmware": raw.get("firmware"),
-            "protocol": raw.get("protocol"),
-            "board": raw.get("board"),
-            "serial": raw.get("serial"),
-            "state": raw.get("state"),
-            "fault": raw.get("fault"),
-            "unlocked": raw.get("unlocked"),
+        counters = dict(raw.get("counters") or {})
+        out = {k: v for k, v in raw.items() if k not in self._INFO_CONVERTED}
+        out.update({
             "depth_mm": _mm(raw.get("depth_um")),
             "depth_set_mm": _mm(raw.get("depth_set_um")),
             "stroke_hz": _hz(raw.get("hz_chz")),
             "stroke_hz_set": _hz(raw.get("hz_set_chz")),
-            "profile": raw.get("profile"),
-            "clock": raw.get("clock"),
             "limits": {
                 "depth_min_mm": _mm(limits.get("depth_min_um")),
                 "depth_max_mm": _mm(limits.get("depth_max_um")),
@@ -172,10 +194,12 @@ class Pen:
                 "session_min_s": limits.get("session_min_s"),
                 "session_max_s": limits.get("session_max_s"),
             },
-            "counters": dict(counters),
-        }
+            "counters": counters,
+        })
+        for key in ("firmware", "protocol", "board", "serial", "state", "fault", "unlocked", "profile", "clock"):
+            out.setdefault(key, None)
         if "uptime_ms" in counters:
-            out["counters"]["uptime_s"] = _s(out["counters"].pop("uptime_ms"))
+            counters["uptime_s"] = _s(counters.pop("uptime_ms"))
         return out
 
     def state(self):
@@ -282,177 +306,154 @@ class Pen:
             return self.request("session_start", profile=profile)
         return self.request("session_start")
 
-    def session_stop(self):
-        return self.request("session_stop")
+    def session_stop(self, wait=True, timeout=None):
+        """Stop the running session. With `wait` (default), return only once the pen confirms the
+        end: motor off, needles retracted, state LOCKED or FAULT (see wait_session_ended)."""
+        reply = self.request("session_stop")
+        if not wait:
+            return reply
+        ended = self.wait_session_ended(reply.get("session"), timeout)
+        return dict(reply, **ended)
 
-    #: samples a telemetry subscription may send before penctl renews it (docs/design.md §3.4)
-    TELEMETRY_LEASE = 250
+    def wait_session_ended(self, session=None, timeout=None, on_event=None):
+        """Wait until `info` shows the session over: state LOCKED or FAULT, motor off (frequency 0),
+        needles within RETRACTED_MAX_UM. Meanwhile events go to `on_event(body)`, and this session's
+        `session_end` is kept. Returns {"state", "depth_mm", "session_end"}; LinkError (exit 3) if the
+        pen does not confirm it within `timeout` (default STOP_TIMEOUT_S)."""
+        timeout = self.STOP_TIMEOUT_S if timeout is None else timeout
+        deadline = time.monotonic() + timeout
+        end = None
+        raw = None
+        while True:
+            poll_at = time.monotonic() + self.STOP_POLL_S
+            while True:
+                event = self.link.next_event(max(0.0, poll_at - time.monotonic()))
+                if event is None:
+                    break
+                body = event[1]
+                if body.get("ev") == "session_end" and session is not None and body.get("id") == session:
+                    end = body
+                if on_event is not None:
+                    on_event(body)
+            raw = self.request("info")
+            depth = raw.get("depth_um")
+            if (raw.get("state") in ENDED_STATES and raw.get("hz_chz") == 0 and isinstance(depth, int)
+                    and abs(depth) <= RETRACTED_MAX_UM):
+                log.info("session %s is over: state %s, depth %d um", session, raw["state"], depth)
+                return {"state": raw["state"], "depth_mm": _mm(depth), "session_end": end}
+            if time.monotonic() >= deadline:
+                state = raw.get("state") if not raw.get("fault") else "%s (%s)" % (raw.get("state"), raw.get("fault"))
+                raise LinkError("the pen did not confirm the end of session %s within %g s: state %s, needles at %s "
+                                "mm, motor %s Hz. Check the pen (`penctl info`); a longer --stop-timeout waits longer"
+                                % (session, timeout, state, _mm(depth), _hz(raw.get("hz_chz"))))
 
-    def telemetry_on(self, on=True, lease=None):
-        """Start a new telemetry subscription (on=True) or end it. Events queued before the
-        subscription are discarded: only its own samples (`sub`, `n` >= `from`) are returned."""
-        if not on:
-            self._sub = None
-            return self.request("telemetry", on=False)
-        self.link.drain_events()            # whatever an earlier client left queued is stale
-        reply = self.request("telemetry", on=True, lease=lease or self.TELEMETRY_LEASE)
-        for key in ("sub", "from", "lease"):
-            if not isinstance(reply.get(key), int):
-                raise ProtocolError("telemetry reply without %r: %r" % (key, reply))
-        fields = reply.get("fields")
-        if not isinstance(fields, list) or not all(isinstance(f, str) for f in fields):
-            raise ProtocolError("telemetry reply without a field list: %r" % (reply,))
-        self._sub = {"sub": reply["sub"], "from": reply["from"], "lease": reply["lease"],
-                     "renewed_at": reply["from"], "fields": tuple(fields), "t_ms": reply.get("t_ms")}
-        return reply
-
-    def _own_sample(self, body):
-        """The row of a `tm` event of our subscription (renewing the lease when half used), else None."""
-        sub = getattr(self, "_sub", None)
-        n = body.get("n")
-        if sub is None or body.get("sub") != sub["sub"] or not isinstance(n, int) or n < sub["from"]:
-            return None                      # another (stale) subscription's sample
+    def _quietly(self, func, *args, **kwargs):
         try:
-            row = tm.row_from_sample(body.get("s"), sub["fields"])
-        except ValueError as exc:
-            raise ProtocolError("bad telemetry event %r: %s" % (body, exc)) from None
-        if n - sub["renewed_at"] >= sub["lease"] // 2:
-            sub["renewed_at"] = n
-            self.request("telemetry", on=True, lease=sub["lease"], sub=sub["sub"])
-        return n, row
-
-    def _quietly(self, func, *args):
-        try:
-            return func(*args)
-        except (PenRefused, LinkError, ProtocolError):
+            return func(*args, **kwargs)
+        except (PenRefused, LinkError, ProtocolError) as exc:
+            log.info("ignored while cleaning up: %s", exc)
             return None
 
-    def _stream(self, seconds, on_sample, stop_on_session_end=False, session=None):
-        """Collect telemetry rows for `seconds` of pen time (telemetry must be on).
-
-        Returns (rows, info) where info has sample_gaps, event_gaps and, if one
-        arrived, session_end (the event body). Stops early at a session_end
-        event when `stop_on_session_end`.
-        """
-        rows = []
-        info = {"sample_gaps": 0, "session_end": None, "faults": []}
-        t_end = None
-        last_n = None
-        quiet_limit = max(self.link.REQUEST_TIMEOUT_S, 1.0)
-        last_data = time.monotonic()
-        gaps_before = self.link.event_gaps
-        while True:
-            event = self.link.next_event(0.1)
-            now = time.monotonic()
-            if event is None:
-                if now - last_data > quiet_limit:
-                    raise LinkError("telemetry stopped: nothing from the pen on %s for %.0f s"
-                                    % (self.port, quiet_limit))
-                continue
-            last_data = now
-            _seq, body = event
-            kind = body.get("ev")
-            if kind == "tm":
-                own = self._own_sample(body)
-                if own is None:
-                    continue
-                n, row = own
-                if last_n is not None and n > last_n + 1:
-                    info["sample_gaps"] += n - last_n - 1
-                last_n = n
-                rows.append(row)
-                if on_sample is not None:
-                    on_sample(row)
-                if t_end is None:
-                    t_end = row["t_s"] + seconds
-                if row["t_s"] >= t_end:
-                    break
-            elif kind == "session_end":
-                if session is not None and body.get("id") != session:
-                    continue                     # not the session this call started
-                info["session_end"] = body
-                if stop_on_session_end:
-                    break
-            elif kind == "fault":
-                info["faults"].append(body.get("fault"))
-        info["event_gaps"] = self.link.event_gaps - gaps_before
-        return rows, info
+    def telemetry_on(self, on=True, lease=None):
+        """Low level: start a telemetry subscription (a streaming.Subscription, returned) or end it."""
+        if not on:
+            return self.request("telemetry", on=False)
+        sub = streaming.Subscription(self, lease or streaming.LEASE_SAMPLES)
+        sub.start()
+        return sub
 
     def telemetry(self, seconds, on_sample=None):
-        """Stream telemetry for `seconds` of pen time; returns {"rows": [...], "samples", "gaps"...}."""
-        seconds = self._check_seconds(seconds)
-        self.telemetry_on(True)
+        """Record this command's own telemetry for `seconds` of pen time from its subscription.
+        Returns {"rows", "samples", "seconds", "sample_gaps", "stale_dropped", "event_gaps"}; an exception
+        carries the rows recorded so far as its `recording` attribute."""
+        seconds = check_seconds(seconds, TELEMETRY_MAX_S)
+        gaps_before = self.link.event_gaps
+        sub = streaming.Subscription(self)
+        sub.start()
+        recording = streaming.Recording()
         try:
-            rows, info = self._stream(seconds, on_sample)
+            streaming.record(self, sub, recording, until_ms=sub.t_ms + round(seconds * 1000), on_sample=on_sample)
+        except BaseException as exc:
+            exc.recording = recording.rows      # the caller still saves what was recorded
+            raise
         finally:
-            self._quietly(self.telemetry_on, False)
-        return {"samples": len(rows), "seconds": seconds, "sample_gaps": info["sample_gaps"],
-                "event_gaps": info["event_gaps"], "rows": rows}
+            sub.stop()
+        return {"samples": len(recording.rows), "seconds": seconds, "sample_gaps": sub.gaps,
+                "stale_dropped": sub.stale, "event_gaps": self.link.event_gaps - gaps_before,
+                "rows": recording.rows}
 
-    @staticmethod
-    def _check_seconds(seconds):
-        if isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or not 0 < seconds <= 86400:
-            raise UsageError("seconds must be a number > 0 (got %r)" % (seconds,), code="SECONDS")
-        return seconds
+    def session_run(self, seconds, on_sample=None, profile=None, stop_timeout=None):
+        """Start a session, record telemetry until `seconds` of pen time have passed since the session
+        started (or until the pen ends it), stop it and wait until the pen confirms the end. The session
+        is stopped whatever happens (exceptions, KeyboardInterrupt).
 
-    def session_run(self, seconds, on_sample=None, profile=None):
-        """Start a session, stream telemetry for `seconds` of pen time (or until the pen ends
-        the session), stop it. The session is stopped whatever happens (exceptions,
-        KeyboardInterrupt). Returns a summary with "rows" and "end_reason"."""
-        seconds = self._check_seconds(seconds)
+        Returns a summary with "rows", "end_reason" (the pen's: STOPPED, TIME_LIMIT, FAULT, ...) and
+        "complete": True only when the session ran the time asked (end STOPPED by this call, the pen's
+        own duration at least the time asked less one sample period) or the pen ended it at its
+        max_session_s (TIME_LIMIT). An exception raised after the session started carries the rows
+        recorded so far as its `recording` attribute."""
+        seconds = check_seconds(seconds, SESSION_RUN_MAX_S)
         if profile is not None:
             check_profile_name(profile)
-        self.telemetry_on(True)
+        gaps_before = self.link.event_gaps
+        sub = streaming.Subscription(self)
+        sub.start()
+        recording = streaming.Recording()
         started = None
-        rows = []
+        waited = False
+        asked_ms = round(seconds * 1000)
         try:
             started = self.session_start(profile)
-            rows, info = self._stream(seconds, on_sample, stop_on_session_end=True,
-                                      session=started.get("session"))
-            end = info["session_end"]
-            if end is None:
-                self._quietly(self.session_stop)
-                end = self._wait_session_end(rows, on_sample, info, started.get("session"))
-        except BaseException:
+            session = started.get("session")
+            t0 = started.get("t_ms")
+            if isinstance(t0, bool) or not isinstance(t0, int):
+                raise ProtocolError("session_start reply without its pen time t_ms: %r" % (started,))
+            log.info("session %s started at pen time %d ms; recording until %d ms", session, t0, t0 + asked_ms)
+            how = streaming.record(self, sub, recording, until_ms=t0 + asked_ms, session=session,
+                                   on_sample=on_sample)
+            stopped_here = how == "time"
+            if stopped_here:
+                self._quietly(self.request, "session_stop")
+            waited = True
+            def until_end(body):     # rows up to the session's end (the needles retracted), not after
+                if recording.session_end is None:
+                    recording.handle(sub, body, on_sample, session)
+
+            ended = self.wait_session_ended(session, stop_timeout, on_event=until_end)
+        except BaseException as exc:
             if started is not None:
-                self._quietly(self.session_stop)
-            self._quietly(self.telemetry_on, False)
+                self._quietly(self.request, "session_stop")
+                if not waited:
+                    self._quietly(self.wait_session_ended, started.get("session"), stop_timeout)
+            sub.stop()
+            exc.recording = recording.rows      # the caller still saves what was recorded
             raise
-        self._quietly(self.telemetry_on, False)
+        sub.stop()
+        end = recording.session_end or ended["session_end"]
+        reason = end.get("reason") if end else None
+        duration_ms = end.get("duration_ms") if end else None
+        ran_asked = (stopped_here and reason == "STOPPED" and isinstance(duration_ms, int)
+                     and duration_ms >= asked_ms - sub.period_ms)
         return {
             "session": started.get("session"),
             "profile": started.get("profile"),
             "cartridge": started.get("cartridge"),
-            "end_reason": end.get("reason") if end else None,
-            "duration_s": _s(end.get("duration_ms")) if end else None,
+            "seconds_asked": seconds,
+            "start_t_s": _s(started.get("t_ms")),
+            "end_reason": reason,
+            "complete": ran_asked or reason == "TIME_LIMIT",
+            "ended_by": ("the time asked" if ran_asked else "the profile's max_session_s" if reason == "TIME_LIMIT"
+                         else "the pen, early" if reason else "unknown (no session_end from the pen)"),
+            "duration_s": _s(duration_ms),
             "strokes": end.get("strokes") if end else None,
-            "faults": info["faults"],
-            "samples": len(rows),
-            "sample_gaps": info["sample_gaps"],
-            "event_gaps": info["event_gaps"],
-            "rows": rows,
+            "state": ended["state"],
+            "faults": recording.faults,
+            "samples": len(recording.rows),
+            "sample_gaps": sub.gaps,
+            "stale_dropped": sub.stale,
+            "event_gaps": self.link.event_gaps - gaps_before,
+            "rows": recording.rows,
         }
-
-    def _wait_session_end(self, rows, on_sample, info, session):
-        """After session_stop: keep rows until our session's session_end event (needles retracted)."""
-        deadline = time.monotonic() + self.link.REQUEST_TIMEOUT_S
-        while time.monotonic() < deadline:
-            event = self.link.next_event(0.1)
-            if event is None:
-                continue
-            body = event[1]
-            if body.get("ev") == "tm":
-                own = self._own_sample(body)
-                if own is None:
-                    continue
-                rows.append(own[1])
-                if on_sample is not None:
-                    on_sample(own[1])
-            elif body.get("ev") == "session_end" and body.get("id") == session:
-                return body
-            elif body.get("ev") == "fault":
-                info["faults"].append(body.get("fault"))
-        return None
 
     # ---- log, faults ----
 

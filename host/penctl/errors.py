@@ -1,13 +1,14 @@
 """One exception type per layer; the CLI converts them to `penctl: message` and an exit code.
 
 Exit codes (docs/design.md §4): 0 ok, 1 the pen refused, 2 usage or input-file error (nothing sent),
-3 connection, timeout or protocol error.
+3 connection, timeout or protocol error, or no usable answer, 130 interrupted.
 """
 
 EXIT_OK = 0
 EXIT_REFUSED = 1
 EXIT_USAGE = 2
 EXIT_CONNECTION = 3
+EXIT_INTERRUPTED = 130
 
 
 class PenctlError(Exception):
@@ -30,11 +31,25 @@ class UsageError(PenctlError):
     code = "USAGE"
 
 
+class OutputError(PenctlError):
+    """An output file could not be written after the pen was used (the message names where the data
+    went instead). Exit 2 like every file error, but the pen was used: the message says so."""
+
+    exit_code = EXIT_USAGE
+    code = "FILE"
+
+
 class LinkError(PenctlError):
     """Transport layer: port missing, cannot open, disconnected, timed out."""
 
     exit_code = EXIT_CONNECTION
     code = "LINK"
+
+
+class NoAnswer(LinkError):
+    """A check that needs the pen's answer got none it could use: penctl refuses to go on."""
+
+    code = "NO_ANSWER"
 
 
 class ProtocolError(PenctlError):
@@ -45,7 +60,7 @@ class ProtocolError(PenctlError):
 
 
 class PenRefused(PenctlError):
-    """The pen answered with a structured error (locked out, fault, invalid value)."""
+    """The pen answered with a structured error (locked out, fault, invalid value, busy)."""
 
     exit_code = EXIT_REFUSED
 
@@ -55,7 +70,7 @@ class PenRefused(PenctlError):
 
 
 class FlashError(PenctlError):
-    """Deploying the firmware failed (the pen keeps booting its previous firmware)."""
+    """Deploying the firmware failed (the message says which firmware the pen boots now)."""
 
     exit_code = EXIT_CONNECTION
     code = "FLASH"

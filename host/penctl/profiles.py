@@ -18,6 +18,7 @@ import tomllib
 from penctl.firmware.pen import limits as lim
 from penctl.firmware.pen.profiles import ProfileError, check_depth_um, check_hz, check_name, check_session_s
 from penctl.errors import UsageError
+from penctl.paths import read_input_file
 
 FIELDS = ("name", "depth_mm", "stroke_hz", "max_session_s")
 
@@ -172,17 +173,18 @@ def validate_profiles(tables, source="profiles"):
 
 
 def load_file(path):
-    """Read and validate one TOML profile file; return the wire profiles (integer units)."""
+    """Read and validate one TOML profile file; return the wire profiles (integer units).
+
+    Only a regular file of at most penctl.paths.INPUT_MAX_BYTES is read (UsageError otherwise,
+    decided from its size before reading)."""
     path = str(path)
+    raw = read_input_file(path, "profile file")
     try:
-        with open(path, "rb") as handle:
-            data = tomllib.load(handle)
-    except FileNotFoundError:
-        raise UsageError("%s: no such file" % path, code="FILE") from None
+        data = tomllib.loads(raw.decode("utf-8"))
     except tomllib.TOMLDecodeError as exc:
         raise ProfileFileError("%s: not valid TOML: %s" % (path, exc), [(None, None, str(exc))]) from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise UsageError("%s: cannot read: %s" % (path, exc), code="FILE") from None
+    except UnicodeDecodeError as exc:
+        raise UsageError("%s: cannot read: not UTF-8 text (%s)" % (path, exc), code="FILE") from None
     extra = [key for key in data if key != "profile"]
     if extra:
         raise ProfileFileError("%s: unknown top-level key(s) %s: a profile file holds only "

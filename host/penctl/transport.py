@@ -13,10 +13,19 @@ writes request frames, reads lines, and sorts what arrives:
 
 Reading happens in the caller's thread, only while a request or an event is
 being waited for; there is no background thread.
+
+Freshness (docs/design.md §3.3): nothing that was queued before this link opened is acted on. On
+open, whatever the port delivers within a short window is read and discarded (an earlier client's
+replies, a telemetry stream nobody reads); request ids start at a random value, so a late reply to
+another client's request does not match ours; `request(..., fresh_events=True)` drops every event
+that arrived before its reply (they were sent before the pen handled the request).
 """
 
+import binascii
 import collections
+import json
 import re
+import secrets
 import time
 
 import serial
@@ -24,6 +33,7 @@ import serial
 from penctl.firmware.pen import wire
 from penctl.firmware.pen.limits import PROTOCOL_VERSION
 from penctl.errors import LinkError, ProtocolError
+from penctl.tracing import log, trace_write
 
 _REPL_PROMPTS = (b">>>", b"raw REPL; CTRL-B to exit")
 # A line that starts (after an optional REPL prompt) like one of our request frames.
@@ -53,11 +63,16 @@ class SerialLink:
     POLL_S = 0.05
     #: our request echoed back (a REPL, never the firmware): give up this soon after, not at the timeout
     ECHO_GRACE_S = 0.3
+    #: on open, what arrives is discarded until the port has been quiet this long ...
+    DRAIN_QUIET_S = 0.05
+    #: ... or for at most this long (a pen still streaming to a client that died never goes quiet)
+    DRAIN_MAX_S = 0.3
 
-    def __init__(self, port, request_timeout=None, open_timeout=None, baudrate=None):
+    def __init__(self, port, request_timeout=None, open_timeout=None, baudrate=None, trace=None):
         if not port:
             raise LinkError("no serial port given: pass --port or set PENCTL_PORT")
         self.port = port
+        self.trace = trace
         if request_timeout is not None:
             self.REQUEST_TIMEOUT_S = float(request_timeout)
         if open_timeout is not None:
@@ -65,8 +80,11 @@ class SerialLink:
         self._baudrate = baudrate or self.BAUDRATE
         self._serial = None
         self._rx = bytearray()
-        self._next_id = 1
+        self._next_id = secrets.randbelow(wire.NUM_MODULO - 1) + 1   # 1..65535: never an old client's id
         self._responses = {}
+        self._awaiting = None        # (id, fresh_events) of the request being waited for
+        self._foreign_prefix = None  # b"@VER,R,NUM,": the reply request_foreign() waits for
+        self.discarded_at_open = 0   # frames read and dropped when the link opened
         self.events = collections.deque()
         self.recent = collections.deque(maxlen=self.RECENT_LINES)
         self.event_gaps = 0          # events missing according to their sequence numbers
@@ -82,7 +100,9 @@ class SerialLink:
     # ---- open / close ----
 
     def open(self):
-        kwargs = {"baudrate": self._baudrate, "timeout": self.POLL_S, "write_timeout": self.REQUEST_TIMEOUT_S}
+        kwargs = {"baudrate": self._baudrate, "timeout": self.POLL_S}
+        if not self.port.startswith("rfc2217://"):       # pyserial's RFC 2217 client has no write timeout
+            kwargs["write_timeout"] = self.REQUEST_TIMEOUT_S
         if "://" not in self.port:
             kwargs["exclusive"] = True   # two programs on one pen would steal each other's replies
         try:
@@ -94,13 +114,41 @@ class SerialLink:
             raise LinkError("cannot open %s: %s. Check the cable and the port name "
                             "(pass --port or set PENCTL_PORT; `penctl sim` prints the port of a virtual pen)"
                             % (self.port, _os_reason(exc))) from None
+        trace_write(self.trace, "#", "open %s" % self.port)
+        log.info("opened %s", self.port)
         # Terminate whatever half line the pen may hold from an earlier client,
         # so our first request starts on a fresh line.
         self._write(b"\n")
+        self._discard_stale()
         return self
+
+    def _discard_stale(self):
+        """Read and drop what the port delivers until it is quiet (bounded): replies and events
+        meant for an earlier client. Non-frame lines are kept (they tell whether this is a REPL)."""
+        start = time.monotonic()
+        quiet_since = start
+        before = self.events_received + len(self._responses)
+        received = 0
+        while True:
+            now = time.monotonic()
+            if now - quiet_since >= self.DRAIN_QUIET_S or now - start >= self.DRAIN_MAX_S:
+                break
+            got = self._pump(min(self.DRAIN_QUIET_S, self.DRAIN_MAX_S - (now - start)))
+            if got:
+                received += got
+                quiet_since = time.monotonic()
+        self.discarded_at_open = self.events_received + len(self._responses) - before
+        self.events.clear()
+        self._responses.clear()
+        if received:
+            log.info("discarded %d bytes (%d frames) the port held from before this command",
+                     received, self.discarded_at_open)
 
     def close(self):
         if self._serial is not None:
+            if self._rx:
+                trace_write(self.trace, "<", bytes(self._rx))     # a partial line, e.g. a prompt
+            trace_write(self.trace, "#", "close %s" % self.port)
             try:
                 self._serial.close()
             except (serial.SerialException, OSError):
@@ -121,12 +169,13 @@ class SerialLink:
 
     # ---- requests ----
 
-    def request(self, body, timeout=None):
+    def request(self, body, timeout=None, fresh_events=False):
         """Send one request body (dict with "op"); return the response body (dict).
 
         The response may be {"ok": false, ...}: interpreting it is the caller's job.
         Raises LinkError on timeout or disconnect, ProtocolError when the pen
-        speaks another protocol version.
+        speaks another protocol version. `fresh_events`: events that arrived before the
+        response are dropped (the pen sent them before it handled this request).
         """
         if self._serial is None:
             raise LinkError("the connection to %s is closed" % self.port)
@@ -137,18 +186,45 @@ class SerialLink:
         except (TypeError, ValueError) as exc:
             raise ProtocolError("cannot encode request %r: %s" % (body.get("op"), exc)) from None
         self._responses.clear()
+        self._awaiting = (num, fresh_events)
         self._write(frame)
         timeout = self.REQUEST_TIMEOUT_S if timeout is None else timeout
         deadline = time.monotonic() + timeout
-        while num not in self._responses:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0 or (self.echoed and time.monotonic() - self._echo_t > self.ECHO_GRACE_S):
-                raise LinkError(self._timeout_message(body.get("op"), timeout))
-            self._pump(min(remaining, self.POLL_S))
-            if self.foreign_version is not None and num not in self._responses:
-                raise ProtocolError("the pen on %s speaks protocol version %s, this penctl speaks %d: "
-                                    "update penctl, or run `penctl flash` to give the pen matching firmware"
-                                    % (self.port, self.foreign_version, PROTOCOL_VERSION))
+        try:
+            while num not in self._responses:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0 or (self.echoed and time.monotonic() - self._echo_t > self.ECHO_GRACE_S):
+                    raise LinkError(self._timeout_message(body.get("op"), timeout))
+                self._pump(min(remaining, self.POLL_S))
+                if self.foreign_version is not None and num not in self._responses:
+                    raise ProtocolError("the pen on %s speaks protocol version %s, this penctl speaks %d: "
+                                        "update penctl, or run `penctl flash` to give the pen matching "
+                                        "firmware" % (self.port, self.foreign_version, PROTOCOL_VERSION))
+        finally:
+            self._awaiting = None
+        return self._responses.pop(num)
+
+    def request_foreign(self, version, body, timeout=None):
+        """Send one request in the envelope of another protocol version (`@VER,Q,NUM,BODY*CRC`, which
+        every version keeps) and return its response body, or LinkError on timeout. Only for asking a
+        pen that speaks another version something every version answers (its `info` state)."""
+        num = self._next_id
+        self._next_id = num + 1 if num < 65535 else 1
+        inner = ("%d,Q,%d,%s" % (version, num, wire.dumps(body))).encode()
+        self._foreign_prefix = b"@%d,R,%d," % (version, num)
+        self._responses.clear()
+        self._write(b"@" + inner + b"*%08x\n" % (binascii.crc32(inner) & 0xFFFFFFFF))
+        timeout = self.REQUEST_TIMEOUT_S if timeout is None else timeout
+        deadline = time.monotonic() + timeout
+        try:
+            while num not in self._responses:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise LinkError("no response from the pen on %s within %s s to a protocol %d request"
+                                    % (self.port, _fmt_s(timeout), version))
+                self._pump(min(remaining, self.POLL_S))
+        finally:
+            self._foreign_prefix = None
         return self._responses.pop(num)
 
     def next_event(self, timeout):
@@ -172,6 +248,7 @@ class SerialLink:
     # ---- internals ----
 
     def _write(self, data):
+        trace_write(self.trace, ">", data)
         try:
             self._serial.write(data)
             self._serial.flush()
@@ -186,7 +263,7 @@ class SerialLink:
         try:
             waiting = ser.in_waiting
             if waiting:
-                return ser.read(waiting)
+                return self._read_available(ser, waiting)
             if wait <= 0:
                 return b""
             wait = min(wait, self.POLL_S)
@@ -196,18 +273,35 @@ class SerialLink:
             if data:
                 waiting = ser.in_waiting
                 if waiting:
-                    data += ser.read(waiting)
+                    data += self._read_available(ser, waiting)
             return data
         except (serial.SerialException, OSError) as exc:
             self.close()
             raise LinkError("lost the connection to the pen on %s: %s. Is it still plugged in?"
                             % (self.port, _os_reason(exc))) from None
 
+    #: bytes read at once from a socket:// port
+    SOCKET_CHUNK = 65536
+
+    def _read_available(self, ser, waiting):
+        """The bytes that have arrived. pyserial's socket:// port reports 1 as in_waiting whenever
+        anything is there; reading that one byte at a time would take seconds for a backlog, so a
+        socket is read without waiting (timeout 0) in large chunks."""
+        if not self.port.startswith("socket://"):
+            return ser.read(waiting)
+        previous = ser.timeout
+        ser.timeout = 0
+        try:
+            return ser.read(self.SOCKET_CHUNK)
+        finally:
+            ser.timeout = previous
+
     def _pump(self, wait):
-        """Read what is available (waiting at most `wait` s for the first byte) and sort it."""
+        """Read what is available (waiting at most `wait` s for the first byte) and sort it.
+        Returns the number of bytes read."""
         data = self._read_some(wait)
         if not data:
-            return
+            return 0
         self._rx += data
         while True:
             end = self._rx.find(b"\n")
@@ -216,14 +310,16 @@ class SerialLink:
                     self._echo_t = time.monotonic()
                     self.echoed = True
                 if len(self._rx) > self.LINE_MAX:
+                    trace_write(self.trace, "<", bytes(self._rx))
                     self._remember(bytes(self._rx[:200]) + b"...")
                     del self._rx[:]
-                return
+                return len(data)
             line = bytes(self._rx[:end])
             del self._rx[:end + 1]
             self._line(line)
 
     def _line(self, line):
+        trace_write(self.trace, "<", line)
         stripped = line.strip(b"\r")
         start = stripped.find(b"@")
         if start < 0:
@@ -236,6 +332,11 @@ class SerialLink:
             self.bad_frames += 1
             if exc.code == wire.E_FRAME_VERSION:
                 self.foreign_version = _frame_version(stripped[start:])
+                if self._foreign_prefix is not None and stripped[start:].startswith(self._foreign_prefix):
+                    body = _decode_envelope(stripped[start:])
+                    if body is not None:
+                        self._responses[int(self._foreign_prefix.split(b",")[2])] = body
+                        return
             self._remember(stripped)
             return
         if start:
@@ -245,6 +346,8 @@ class SerialLink:
                 # The pen could not parse a line (ours or noise): keep it for messages.
                 self.last_pen_error = body
             self._responses[num] = body
+            if self._awaiting is not None and self._awaiting == (num, True):
+                self.events.clear()     # sent before the pen handled our request: not fresh
         elif kind == wire.KIND_EVENT:
             self._event(num, body)
         else:
@@ -302,8 +405,24 @@ class SerialLink:
         recent = [line for line in self.recent if line.strip()][-3:]
         if recent:
             text += "; it printed: " + " | ".join(line[:100] for line in recent)
-            return text + ". Is the firmware running? try `penctl flash`"
-        return text + ": is the firmware running? try `penctl flash` (or a longer --timeout)"
+        # Only a pen seen at the REPL is told to flash: a silent one may be off, unplugged, another
+        # device, or a slow link (a longer --timeout helps there).
+        return text + (". Is the pen switched on and is %s its port (`penctl ports` lists attached pens)? "
+                       "On a slow link, try a longer --timeout" % self.port)
+
+
+def _decode_envelope(line):
+    """The JSON object body of a frame of any protocol version whose CRC checks, else None."""
+    try:
+        text = line.decode("ascii")
+        star = text.rindex("*")
+        inner = text[1:star]
+        if "%08x" % (binascii.crc32(inner.encode()) & 0xFFFFFFFF) != text[star + 1:]:
+            return None
+        body = json.loads(inner.split(",", 3)[3])
+    except (ValueError, IndexError, UnicodeDecodeError):
+        return None
+    return body if isinstance(body, dict) else None
 
 
 def _frame_version(line):

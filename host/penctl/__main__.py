@@ -1,0 +1,7 @@
+"""`python -m penctl`: the same as the `penctl` command."""
+
+import sys
+
+from penctl.cli import main
+
+sys.exit(main())

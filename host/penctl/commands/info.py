@@ -1,0 +1,36 @@
+"""`penctl info`: firmware, board, state, depth, frequency, active profile, limits, counters."""
+
+from penctl.commands import Command
+from penctl.commands.common import open_pen
+from penctl.output import num
+
+
+def add_arguments(p):
+    pass
+
+
+def run(args, out):
+    with open_pen(args) as pen:
+        info = pen.info()
+    lim = info["limits"]
+    counters = info.get("counters") or {}
+    state = "%s%s" % (info["state"], " (%s)" % info["fault"] if info.get("fault") else "")
+    lines = [
+        ("firmware", "%s (protocol %s)" % (info["firmware"], info["protocol"])),
+        ("board", "%s, serial %s%s" % (info["board"], info["serial"],
+                                       ", %s clock" % info["clock"] if info.get("clock") else "")),
+        ("state", state),
+        ("depth", "%s mm (set %s mm)" % (num(info["depth_mm"]), num(info["depth_set_mm"]))),
+        ("frequency", "%s Hz (set %s Hz)" % (num(info["stroke_hz"], "%.1f"), num(info["stroke_hz_set"], "%.1f"))),
+        ("profile", info["profile"] or "(none active)"),
+        ("limits", "depth %s-%s mm in %s mm steps, %s-%s Hz, sessions %s-%s s"
+         % (num(lim["depth_min_mm"], "%g"), num(lim["depth_max_mm"], "%g"), num(lim["depth_step_mm"], "%g"),
+            lim["hz_min"], lim["hz_max"], lim.get("session_min_s"), lim.get("session_max_s"))),
+        ("counters", ", ".join("%s %s" % (k, v) for k, v in counters.items())),
+    ]
+    out.result(info, "\n".join("%-10s %s" % pair for pair in lines))
+    return 0
+
+
+COMMAND = Command("info", "firmware, board, state, depth, frequency, active profile, limits, counters",
+                  add_arguments, run)
