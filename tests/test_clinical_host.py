@@ -75,7 +75,7 @@ class FakeLink:
     def __init__(self, side):
         self.side = side
 
-    def request(self, body, timeout=None):
+    def request(self, body, timeout=None, fresh_events=False):
         frame = wire.encode("Q", 7, body)
         self.side.frames.append(frame)
         _kind, _num, decoded = wire.decode(frame)

@@ -22,9 +22,10 @@ def require_plot(what="--plot"):
 
 def require_sim(what="penctl sim"):
     """The MicroPython unix port the virtual pen runs (its path)."""
-    from pensim.supervisor import SimError, find_micropython
+    from pensim.interpreter import InterpreterMissing, find_micropython
 
     try:
         return find_micropython()
-    except SimError:
-        raise _missing("sim", what) from None
+    except InterpreterMissing as exc:
+        # pensim says which: not installed (names the extra), or PEN_SIM_MICROPYTHON is wrong.
+        raise UsageError("%s: %s" % (what, exc), code="MISSING_EXTRA") from None

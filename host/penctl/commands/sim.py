@@ -1,10 +1,8 @@
 """`penctl sim`: run a virtual pen in the foreground (docs/design.md §5). Needs penctl[sim]."""
 
 import os
-import socket
-import stat
 
-from penctl import extras, paths
+from penctl import extras
 from penctl.commands import Command
 from penctl.errors import UsageError
 
@@ -39,38 +37,23 @@ def add_arguments(p):
                    help="open the rig socket (fault injection, cartridge, power cut) at SOCK")
 
 
-def _socket_in_use(path):
-    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    probe.settimeout(0.5)
-    try:
-        probe.connect(path)
-        return True
-    except OSError:
-        return False
-    finally:
-        probe.close()
-
-
 def check(args):
     extras.require_sim()
-    if args.link:
-        if os.path.lexists(args.link):
-            raise UsageError("--link %s: exists; the virtual pen never replaces a file or link it did not "
-                             "create: remove it or choose another name" % args.link, code="FILE")
-        parent = os.path.dirname(os.path.abspath(args.link))
-        if not os.path.isdir(parent):
-            raise UsageError("--link %s: the folder %s does not exist" % (args.link, parent), code="FILE")
+    # The virtual pen's own rules (pensim.owned_paths, docs/design.md §5.1), checked here before
+    # anything starts so the refusal is a usage error like every other penctl input check.
+    from pathlib import Path
+
+    from pensim.owned_paths import PathRefused, check_new_path, check_socket_path
+
+    try:
+        if args.link:
+            check_new_path(Path(args.link), "--link")
+        if args.control:
+            check_socket_path(Path(args.control))
+    except PathRefused as exc:
+        raise UsageError(str(exc), code="FILE") from None
     if args.state and os.path.exists(args.state) and not os.path.isdir(args.state):
         raise UsageError("--state %s: not a folder" % args.state, code="FILE")
-    if args.control and os.path.lexists(args.control):
-        mode = os.lstat(args.control).st_mode
-        if not stat.S_ISSOCK(mode):
-            raise UsageError("--control %s: exists and is not a socket; it is not replaced" % args.control,
-                             code="FILE")
-        if _socket_in_use(args.control):
-            raise UsageError("--control %s: another virtual pen is listening there" % args.control, code="FILE")
-    if args.control and not os.path.lexists(args.control):
-        paths.check_output_path(args.control, "--control")
 
 
 def run(args, out):
