@@ -92,8 +92,9 @@ def pytest_configure(config):
     if out and not config.option.xmlpath:
         os.makedirs(out, exist_ok=True)
         config.option.xmlpath = os.path.join(out, "junit.xml")
-    # pyserial's RFC 2217 client (lab pens) names its thread the old way, once per connection.
-    config.addinivalue_line("filterwarnings", "ignore:setName\\(\\) is deprecated:DeprecationWarning:serial")
+    # pyserial's RFC 2217 client (lab pens) sets up its reader thread the old way, at every connection.
+    for old_api in ("setName", "setDaemon"):
+        config.addinivalue_line("filterwarnings", "ignore:%s\\(\\) is deprecated:DeprecationWarning:serial" % old_api)
     if config.getoption("--lab"):
         config._hil_lab = _lab_settings(config)
         os.environ.setdefault(RUN_ENV, uuid.uuid4().hex[:12])    # before xdist starts its workers
@@ -273,8 +274,11 @@ def _lab_target(config, report_dir, coordinator, tags):
                      config.getoption("--lab-timeout"))
     try:
         place.claim()
+        problem = None
     except LabError as exc:
-        pytest.fail("no lab place for this run (worker %s): %s" % (worker, exc), pytrace=False)
+        problem = str(exc)
+    if problem:
+        pytest.fail("no lab place for this run (worker %s): %s" % (worker, problem), pytrace=False)
     tgt = None
     try:
         for note in place.reclaimed:

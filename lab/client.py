@@ -97,8 +97,9 @@ def parse_tags(text):
     tags = {}
     for pair in filter(None, (text or "").split(",")):
         key, sep, value = pair.partition("=")
-        if not sep or not re.fullmatch(r"[a-z][a-z0-9_]+", key) or not re.fullmatch(r"[a-z0-9_]+", value):
-            raise SystemExit("client: bad tag %r (key=value, lower-case letters, digits, _)" % pair)
+        if not sep or not re.fullmatch(r"[a-z][a-z0-9_]+", key) or not re.fullmatch(r"[A-Za-z0-9_.:-]+", value):
+            raise SystemExit("client: bad tag %r (key=value; key: a-z, 0-9, _; value: letters, digits, _ . : -)"
+                             % pair)
         tags[key] = value
     return tags
 
@@ -127,9 +128,9 @@ class Client:
             pass
 
     def matching(self, tags):
-        """The places whose tags include `tags`, by name."""
+        """The places whose tags include `tags` (and `name`, as labgrid's scheduler reads it), by name."""
         return {name: place for name, place in sorted(self.session.places.items())
-                if all(place.tags.get(k) == v for k, v in tags.items())}
+                if all(dict(place.tags, name=name).get(k) == v for k, v in tags.items())}
 
     # ---- describing places -----------------------------------------------------------------
 

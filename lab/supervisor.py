@@ -283,7 +283,10 @@ class Lab:
 
     async def _sync_tags(self):
         came_online = False
-        for name, place in list(self.session.places.items()):
+        for name in self.places:              # this lab's places only: others are not ours to tag
+            place = self.session.places.get(name)
+            if place is None:
+                continue
             want = "yes" if self._online(name) else "no"
             if place.tags.get("online") != want:
                 await self.session.stub.SetPlaceTags(pb2.SetPlaceTagsRequest(placename=name, tags={"online": want}))
