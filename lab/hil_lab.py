@@ -21,6 +21,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 LABCTL = ROOT / "lab" / "labctl.py"
 CLIENT = ROOT / "lab" / "client.py"
+INTERRUPT_WAIT_S = 60.0
 
 
 def lab_summary(state):
@@ -78,7 +79,17 @@ def main(argv=None):
     started = time.monotonic()
     rc = 1
     try:
-        rc = subprocess.call(cmd, cwd=ROOT, env=env)
+        proc = subprocess.Popen(cmd, cwd=ROOT, env=env)
+        try:
+            rc = proc.wait()
+        except KeyboardInterrupt:
+            # Ctrl-C reached pytest too: its workers release their places; wait for that.
+            print("hil-lab: interrupted: waiting for pytest to release its places", file=sys.stderr, flush=True)
+            try:
+                rc = proc.wait(INTERRUPT_WAIT_S)
+            except subprocess.TimeoutExpired:
+                proc.terminate()
+                rc = proc.wait()
     finally:
         print("hil-lab: pytest finished in %.1f s (exit %d)" % (time.monotonic() - started, rc), flush=True)
         try:
