@@ -12,10 +12,10 @@ finds exactly the lab's processes. It runs, as its children:
 
 and keeps places pen-1 ... pen-N (tags board=sim, clock=C, online=yes|no) on the coordinator:
 
-- **online tag**: labgrid's scheduler allocates reservations by tags only, so the supervisor mirrors
-  the availability of each place's resources into `online`; the harness reserves with
-  `online=yes`, so a reservation is never handed a place whose pen is offline (the harness checks
-  again after acquiring, for the moment between the two).
+- **online tag** (lab/watch.py): labgrid's scheduler allocates reservations by tags only, so the
+  supervisor mirrors the availability of each place's resources into `online`; the harness
+  reserves with `online=yes`, so a reservation is never handed a place whose pen is offline (the
+  harness checks again after acquiring, for the moment between the two).
 - **fresh pens**: when a place is released, its virtual pen is reset to a blank pen (flash wiped,
   serial kept, restarted): the next run gets what the HIL suite's local path gives, a blank pen it
   flashes itself.
@@ -39,9 +39,8 @@ import time
 from pathlib import Path
 
 from labctl import CLOCKS, MARKER
-from labgrid.remote.client import ClientSession
 from labgrid.remote.generated import labgrid_coordinator_pb2 as pb2
-from lgcommon import offline_reason
+from watch import WatchSession, online, sync_online_tags, wait_for_change
 
 HERE = Path(__file__).resolve().parent
 EXPORTER_NAME = "lab-sim"
@@ -51,7 +50,6 @@ BOARD = "sim"
 START_TIMEOUT_S = 30.0            # a child (coordinator, pen) must be up within this
 STOP_TIMEOUT_S = 10.0             # SIGTERM, then SIGKILL after this
 REPLUG_DOWN_MAX_S = 60.0
-WATCH_PERIOD_S = 1.0              # re-check pens and places at least this often
 
 log = logging.getLogger("lab")
 
@@ -65,26 +63,6 @@ def write_json(path, data):
 
 def place_names(pens):
     return ["pen-%d" % i for i in range(1, pens + 1)]
-
-
-class _Session(ClientSession):
-    """labgrid's client session, telling the supervisor about every change (and place releases)."""
-
-    def setup_watch(self):
-        self.changed = asyncio.Event()
-        self.released = asyncio.Queue()
-
-    async def on_resource_changed(self, exporter, group_name, resource_name, resource):
-        await super().on_resource_changed(exporter, group_name, resource_name, resource)
-        self.changed.set()
-
-    async def on_place_changed(self, place_pb2):
-        old = self.places.get(place_pb2.name)
-        was = old.acquired if old is not None else None
-        await super().on_place_changed(place_pb2)
-        if was and not self.places[place_pb2.name].acquired:
-            self.released.put_nowait(place_pb2.name)
-        self.changed.set()
 
 
 class Pen:
@@ -221,7 +199,7 @@ class Lab:
         self.publish(coordinator=self.address)
         log.info("coordinator listening on %s", self.address)
 
-        self.session = _Session(self.address, asyncio.get_running_loop())
+        self.session = WatchSession(self.address, asyncio.get_running_loop())
         self.session.setup_watch()
         await self.session.start()
         for name in self.places:
@@ -254,7 +232,7 @@ class Lab:
                 raise RuntimeError("places not online within %.0f s: %s" % (START_TIMEOUT_S, ", ".join(
                     name for name in self.places if not self._online(name))))
             await asyncio.sleep(0.1)
-        await self._sync_tags()
+        await sync_online_tags(self.session, self.places)
         self.publish(state="ready", children=self._children(), ready_at=time.time())
         log.info("lab ready: %s on %s", ", ".join(self.places), self.address)
 
@@ -278,35 +256,11 @@ class Lab:
     # ---- watching ------------------------------------------------------------------------
 
     def _online(self, name):
-        place = self.session.places.get(name)
-        return place is not None and offline_reason(self.session, place) is None
-
-    async def _sync_tags(self):
-        came_online = False
-        for name in self.places:              # this lab's places only: others are not ours to tag
-            place = self.session.places.get(name)
-            if place is None:
-                continue
-            want = "yes" if self._online(name) else "no"
-            if place.tags.get("online") != want:
-                await self.session.stub.SetPlaceTags(pb2.SetPlaceTagsRequest(placename=name, tags={"online": want}))
-                log.info("%s: online=%s", name, want)
-                came_online |= want == "yes"
-        if came_online:
-            # labgrid schedules waiting reservations when one is created, a place acquired or
-            # released, or every 15 s. A tag change is none of these: create and cancel a
-            # reservation that matches nothing, so a reservation waiting for this place gets it now.
-            reply = await self.session.stub.CreateReservation(pb2.CreateReservationRequest(
-                filters={"main": pb2.Reservation.Filter(filter={"lab_schedule": "now"})}, prio=0.0))
-            await self.session.stub.CancelReservation(pb2.CancelReservationRequest(token=reply.reservation.token))
+        return online(self.session, name)
 
     async def _watch(self):
         while not self.stopping.is_set():
-            try:
-                await asyncio.wait_for(self.session.changed.wait(), WATCH_PERIOD_S)
-            except asyncio.TimeoutError:
-                pass
-            self.session.changed.clear()
+            await wait_for_change(self.session)
             if self.session.stopping.is_set():
                 log.error("lost the coordinator: stopping the lab")
                 self.stopping.set()
@@ -322,7 +276,7 @@ class Lab:
                 self.stopping.set()
                 return
             try:
-                await self._sync_tags()
+                await sync_online_tags(self.session, self.places)
             except Exception:   # noqa: BLE001 - the next round tries again
                 log.exception("updating the online tags failed")
 

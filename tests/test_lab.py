@@ -246,3 +246,29 @@ def test_pen_that_vanishes_mid_test_fails_that_test_clearly(lab, tmp_path):
     assert after["pen_port"] != props["pen_port"] and after["pen_serial"] == props["pen_serial"]
     assert "1 failed, 1 passed" in text
     lab.all_free_and_online()
+
+
+def test_watch_keeps_the_online_tag_of_a_rack_place(lab):
+    # lab/watch.py on its own, as a rack of real pens runs it beside its coordinator.
+    labgrid_client = str(LAB_PYTHON.parent / "labgrid-client")
+    env = dict(os.environ, LG_COORDINATOR=lab.coordinator)
+    for args in (["-p", "rack-1", "create"], ["-p", "rack-1", "set-tags", "board=rack", "online=yes"]):
+        out = _run([labgrid_client] + args, env=env)
+        assert out.returncode == 0, out.stdout + out.stderr
+    watch = subprocess.Popen([str(LAB_PYTHON), str(ROOT / "lab" / "watch.py"), "-x", lab.coordinator,
+                              "--place", "rack-1"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        # No resource matches it: offline.
+        lab.wait_places(lambda ps: ps["rack-1"]["tags"].get("online") == "no",
+                        "rack-1 tagged offline", timeout_s=15)
+        # Its pen's port and rig appear (here: pen-2's, published by the lab's exporter): online.
+        out = _run([labgrid_client, "-p", "rack-1", "add-match", "lab-sim/pen-2/*"], env=env)
+        assert out.returncode == 0, out.stdout + out.stderr
+        lab.wait_places(lambda ps: ps["rack-1"]["tags"].get("online") == "yes",
+                        "rack-1 tagged online", timeout_s=15)
+    finally:
+        watch.terminate()
+        log = watch.communicate(timeout=30)[0]
+        _run([labgrid_client, "-p", "rack-1", "delete"], env=env)
+    assert watch.returncode == 0, log
+    assert "rack-1: online=no" in log and "rack-1: online=yes" in log
