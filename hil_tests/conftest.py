@@ -35,6 +35,10 @@ RUN_ENV = "PEN_HIL_RUN"                            # one id per run, shared by t
 REENUMERATE_WAIT_S = 15.0                          # a vanished pen may come back within this
 
 
+class LabNotice(UserWarning):
+    """Something the lab did for this run that its user should know (a stale lock reclaimed)."""
+
+
 def pytest_addoption(parser):
     group = parser.getgroup("hil", "hardware-in-the-loop")
     group.addoption("--pen-port", default=None,
@@ -119,6 +123,7 @@ class Target:
         self.serial = None
         self.generation = None
         self.vanished = None             # why the pen is gone, while it is
+        self.closed = False
         self.recent = collections.deque(maxlen=LOG_TAIL)
         self._log = open(log_path, "a", buffering=1)
 
@@ -189,7 +194,8 @@ class Target:
             if time.monotonic() > deadline:
                 self.vanished = ("the pen of place %s (serial %s) disappeared: its port %s is gone and the "
                                  "place is still offline after %.0f s (%s)" % (
-                                     self.place.name, self.serial, old_port, wait_s, described["offline"]))
+                                     self.place.name, self.serial, old_port, wait_s,
+                                     described["offline"] or "its port is not served"))
                 return self.vanished
             time.sleep(0.5)
         moved = pen.get("generation") != self.generation or self.place.pen_url != old_port
@@ -205,6 +211,7 @@ class Target:
                 % (self.place.name, self.serial, old_port, self.port))
 
     def close(self):
+        self.closed = True
         self.rig.close()
         self._log.close()
 
@@ -282,26 +289,38 @@ def _lab_target(config, report_dir, coordinator, tags):
     tgt = None
     try:
         for note in place.reclaimed:
-            warnings.warn(UserWarning(note), stacklevel=1)
+            # A warning reaches the summary of the run, from pytest-xdist workers too.
+            warnings.warn_explicit(note, LabNotice, "lab place %s" % place.name, 0)
         rig = UrlRig(place.rig_url) if place.rig_url else NoRig()
         tgt = Target(place.pen_url, rig, "lab", os.path.join(report_dir, "pen-%s.log" % place.name), place=place)
         tgt.generation = (place.described.get("pen") or {}).get("generation")
         config._hil_target = tgt
         # A lab pen runs the firmware under test: flash it, as the local virtual pen is.
+        problem = None
         try:
             tgt.flash_report = flash_firmware(tgt.port)
         except Exception as exc:   # noqa: BLE001 - any failure here means: not this pen
-            pytest.fail("place %s: flashing its pen on %s failed: %s" % (place.name, tgt.port, exc), pytrace=False)
-        tgt.identify()
+            problem = "flashing its pen on %s failed: %s" % (tgt.port, exc)
+        if problem is None:
+            try:
+                tgt.identify()
+            except Exception as exc:   # noqa: BLE001 - the pen of this place cannot be tested
+                problem = "its pen on %s did not answer after flashing: %s" % (tgt.port, exc)
+        if problem:
+            pytest.fail("place %s: %s" % (place.name, problem), pytrace=False)
         yield tgt
     finally:
         if tgt is not None:
             tgt.close()
         try:
             place.release()
+            unreleased = None
         except LabError as exc:
-            # The next run reclaims it (its holder, this process, is gone by then): say so.
-            raise RuntimeError("place %s was not released: %s" % (place.name, exc)) from None
+            # The next run reclaims it (its holder, this process, is gone by then).
+            unreleased = "place %s was not released (the next run reclaims it): %s" % (place.name, exc)
+            warnings.warn_explicit(unreleased, LabNotice, "lab place %s" % place.name, 0)
+    if unreleased:
+        raise RuntimeError(unreleased)
 
 
 @pytest.fixture
@@ -347,8 +366,9 @@ def pytest_runtest_makereport(item, call):
     config = item.config
     rec = getattr(config, "_hil_recorder", None)
     tgt = getattr(config, "_hil_target", None)
+    port = tgt.port if tgt is not None else None       # the one this test used
     if report.failed and report.when in ("setup", "call") and tgt is not None and tgt.place is not None \
-            and not tgt.vanished:
+            and not tgt.vanished and not tgt.closed:
         # A lab pen that vanished (re-enumerated, unplugged) fails this test with the reason.
         note = tgt.follow_place(REENUMERATE_WAIT_S)
         if note:
@@ -369,7 +389,7 @@ def pytest_runtest_makereport(item, call):
             rec.record_outcome(item.nodeid, report.outcome, reason, tgt.place_name if tgt else None,
                                tgt.serial if tgt else None)
     if report.failed and tgt is not None:
-        report.sections.append(("last frames received (%s)" % tgt.port, "\n".join(tgt.recent)))
+        report.sections.append(("last frames received (%s)" % port, "\n".join(tgt.recent)))
         report.sections.append(("full log", tgt.log_path))
 
 

@@ -187,10 +187,10 @@ def print_status(reply):
         reply["coordinator"], reply["pens"], reply["clock"], reply["state"]))
     for name, place in sorted(reply["places"].items()):
         pen = place["pen"]
-        print("  %-6s %-7s %-28s pen %s on %s (generation %s)%s" % (
+        print("  %-6s %-7s %-28s pen %s %s (generation %s)%s" % (
             name, "online" if place["online"] else "OFFLINE",
             " ".join("%s=%s" % kv for kv in sorted(place["tags"].items())),
-            pen.get("serial"), pen.get("port"), pen.get("generation"),
+            pen.get("serial"), "on %s" % pen["port"] if pen.get("online") else "unplugged", pen.get("generation"),
             ", acquired by %s" % place["acquired"] if place["acquired"] else ""))
 
 

@@ -70,9 +70,8 @@ class LabPlace:
             proc.send_signal(signal.SIGTERM)        # interrupted: it gives back what it reserved
             proc.communicate(timeout=SIGTERM_GRACE_S)
             raise
-        for line in err.splitlines():
-            if line.startswith("lab: "):
-                print(line, file=sys.stderr)
+        if err.strip():
+            print(err.rstrip(), file=sys.stderr)     # progress: what it waits for, what it reclaimed
         try:
             reply = json.loads(out.strip().splitlines()[-1]) if out.strip() else {}
         except ValueError:

@@ -78,6 +78,7 @@ class Pen:
         self.proc = None
         self.info = {}
         self.generation = 0
+        self.serial = None               # the last one the pen reported (kept while it is unplugged)
         self.plugged = False
         self.busy = asyncio.Lock()      # one start/stop/reset at a time
 
@@ -85,7 +86,7 @@ class Pen:
         write_json(self.status_path, {
             "place": self.place, "online": bool(self.plugged and self.proc and self.proc.returncode is None),
             "port": self.info.get("port"), "pid": self.proc.pid if self.proc else None,
-            "serial": self.info.get("serial"), "rig": str(self.rig), "generation": self.generation,
+            "serial": self.info.get("serial") or self.serial, "rig": str(self.rig), "generation": self.generation,
             "state_dir": str(self.flash)})
 
     async def start(self):
@@ -110,6 +111,7 @@ class Pen:
                 raise RuntimeError("virtual pen %s did not start: %s" % (self.place, tail or "no output"))
             await asyncio.sleep(0.05)
         self.generation += 1
+        self.serial = self.info.get("serial")
         self.plugged = True
         self.write_status()
         log.info("%s: virtual pen up on %s (serial %s, generation %d, pid %d)", self.place,
