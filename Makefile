@@ -6,7 +6,16 @@ STUBS := $(VENV)/rp2-stubs
 STAMP := $(VENV)/.setup-stamp
 PORT ?=
 
-.PHONY: setup test check demo sim flash hil bench trace clean
+.PHONY: setup test check demo sim flash hil bench trace clean lab-setup lab lab-stop hil-lab
+
+# The labgrid lab (docs/lab.md): its own venv, because labgrid's pyserial-labgrid and penctl's
+# pyserial install the same `serial` package.
+LAB_VENV := .venv-lab
+LAB_STAMP := $(LAB_VENV)/.setup-stamp
+LAB_STATE ?= .lab
+N ?= 3
+CLOCK ?= fast
+LAB := $(LAB_VENV)/bin/python lab/labctl.py
 
 setup: $(STAMP)
 
@@ -20,7 +29,7 @@ $(STAMP): pyproject.toml constraints.txt Makefile
 	$(BIN)/micropython -c "import sys; print('micropython ok', sys.implementation.version)"
 	touch $(STAMP)
 
-test: setup
+test: setup lab-setup
 	rm -rf build/junit hil_report
 	$(BIN)/python -m pytest -q -p no:cacheprovider tests --junitxml=build/junit/tests.xml
 	$(MAKE) --no-print-directory check
@@ -49,5 +58,30 @@ hil: setup
 bench: setup
 	$(BIN)/python tools/bench.py --json bench.json
 
+# ser2net from Debian's packages (the exporter serves each pen through it); CI runs as root.
+lab-setup: setup $(LAB_STAMP)
+	@test -x /usr/sbin/ser2net || test -x /usr/bin/ser2net || { \
+	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq ser2net >/dev/null; \
+	  else echo "ser2net is missing: sudo apt-get install ser2net"; exit 1; fi; }
+
+$(LAB_STAMP): lab/requirements.txt lab/constraints.txt
+	$(PYTHON) -m venv $(LAB_VENV)
+	$(LAB_VENV)/bin/pip install -q --upgrade pip==25.3
+	$(LAB_VENV)/bin/pip install -q -c lab/constraints.txt -r lab/requirements.txt
+	touch $@
+
+# A lab on loopback with N virtual pens (places pen-1..pen-N), until `make lab-stop`.
+lab: lab-setup
+	$(LAB) start --state $(LAB_STATE) --pens $(N) --clock $(CLOCK) --penctl $(BIN)/penctl
+
+lab-stop:
+	@if [ -x $(LAB_VENV)/bin/python ]; then $(LAB) stop --state $(LAB_STATE); else echo "no lab venv: nothing to stop"; fi
+
+# The HIL suite on N places in parallel (one pytest-xdist worker per place). Uses the lab that
+# `make lab` started; without one, starts a lab of N pens for the run and stops it afterwards.
+hil-lab: lab-setup
+	$(BIN)/python lab/hil_lab.py --lab-python $(LAB_VENV)/bin/python --state $(LAB_STATE) --pens $(N) \
+	  --clock $(CLOCK) --penctl $(BIN)/penctl --report hil_report -- $(HIL_ARGS)
+
 clean:
-	rm -rf $(VENV) hil_report demo_out bench.json build
+	rm -rf $(VENV) $(LAB_VENV) hil_report demo_out bench.json build

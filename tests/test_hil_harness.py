@@ -3,7 +3,7 @@ import json
 
 import pytest
 
-from hil_tests.report import Recorder
+from hil_tests.report import Recorder, write_report
 from hil_tests.rig import FAULTS, FakeRig, NoRig, RigUnavailable
 
 
@@ -29,18 +29,40 @@ def test_report_lists_every_measurement_with_limits(tmp_path):
     rec.check("depth 1.00 mm error", 0.01, "mm", 0, 0.05)
     with pytest.raises(AssertionError):
         rec.check("settle", 350, "ms", 0, 300)
-    rec.outcomes["hil::test_depth"] = ("passed", "")
-    rec.outcomes["hil::test_power"] = ("skipped", "needs a switchable power supply")
+    rec.record_outcome("hil::test_depth", "passed")
+    rec.record_outcome("hil::test_power", "skipped", "needs a switchable power supply")
     rec.write()
     md = (tmp_path / "report.md").read_text()
-    assert "| test_depth | depth 1.00 mm error | 0.01 | mm | 0 … 0.05 | pass |" in md
-    assert "| test_depth | settle | 350 | ms | 0 … 300 | **FAIL** |" in md
+    assert "| test_depth | depth 1.00 mm error | 0.01 | mm | 0 … 0.05 | pass | — |" in md
+    assert "| test_depth | settle | 350 | ms | 0 … 300 | **FAIL** | — |" in md
     assert "needs a switchable power supply" in md
     html = (tmp_path / "report.html").read_text()
     assert "<td>settle</td>" in html and "FAIL" in html
     data = json.loads((tmp_path / "measurements.json").read_text())
     assert [m["outcome"] for m in data["measurements"]] == ["pass", "FAIL"]
     assert data["counts"] == {"passed": 1, "skipped": 1}
+
+
+def test_report_merges_workers_and_names_place_and_serial_for_every_test(tmp_path):
+    # Two pytest-xdist workers, each on its own lab place: one report names both, test by test.
+    parts = []
+    for place, serial, test in (("pen-1", "AAAA000000000001", "test_a"), ("pen-2", "BBBB000000000002", "test_b")):
+        rec = Recorder(str(tmp_path), "lab place %s: pen serial %s" % (place, serial))
+        rec.current_test, rec.current_place = test, place
+        rec.check("%s value" % test, 1, "u", 0, 2)
+        rec.record_outcome("hil::%s" % test, "passed", place=place, serial=serial)
+        rec.notes.append("reclaimed %s" % place)
+        parts.append(rec.part())
+    summary = write_report(str(tmp_path), parts)
+    md = (tmp_path / "report.md").read_text()
+    assert "| hil::test_a | passed | pen-1 | AAAA000000000001 |  |" in md
+    assert "| hil::test_b | passed | pen-2 | BBBB000000000002 |  |" in md
+    assert "| test_b | test_b value | 1 | u | 0 … 2 | pass | pen-2 |" in md
+    assert "- target: lab place pen-1: pen serial AAAA000000000001" in md
+    assert "- reclaimed pen-2" in md
+    assert summary["counts"] == {"passed": 2}
+    html = (tmp_path / "report.html").read_text()
+    assert "<td>pen-2</td><td>BBBB000000000002</td>" in html
 
 
 @pytest.mark.parametrize("call", [lambda r: r.inject("stall"), lambda r: r.clear_injections(),

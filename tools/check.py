@@ -30,7 +30,7 @@ STUBS = ROOT / ".venv" / "rp2-stubs"
 # CPython stdlib and packages out of pyright's search paths for the firmware.
 NO_ENV_SITE = ROOT / ".venv" / "rp2-noenv" / "lib" / "python3.11" / "site-packages"
 PYRIGHT_CONFIG = FIRMWARE / "pyrightconfig.json"
-RUFF_DIRS = ("host", "tests", "hil_tests", "tools")
+RUFF_DIRS = ("host", "tests", "hil_tests", "tools", "lab")
 
 # Diagnostics tolerated as warnings in firmware/pen (see firmware/pyrightconfig.json): the
 # `try: from micropython import const / except ImportError: def const(value)` fallback, whose
