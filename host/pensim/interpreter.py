@@ -182,6 +182,14 @@ class Interpreter:
 
     # ---- interpreter -> host ----------------------------------------------------------------
 
+    def pause_output(self, on: bool) -> None:
+        """Stop (True) or resume reading what the interpreter prints: the host is behind. An
+        interpreter being interrupted is always read (its exit is seen on its stdout)."""
+        if on and self.interrupting:
+            return
+        if self.alive and self._stdout_fd is not None:
+            self._loop.watch(self._stdout_fd, 0 if on else selectors.EVENT_READ, self._stdout_readable)
+
     def _stdout_readable(self, _mask: int) -> None:
         if not self.alive or self._stdout_fd is None:
             return
@@ -250,6 +258,8 @@ class Interpreter:
         """Ctrl-C to the firmware: SIGINT as soon as it handles it, again after
         SIGINT_RESEND_S, SIGKILL after SIGINT_KILL_S if it is still there."""
         self.interrupting = True
+        # Its exit is seen on its stdout: read it whatever the host's backlog (OUT_CAP bounds it).
+        self.pause_output(False)
         self._sigint_when_ready()
         self._loop.after(SIGINT_RESEND_S, lambda: self._if_interrupting(signal.SIGINT))
         self._loop.after(SIGINT_KILL_S, lambda: self._if_interrupting(signal.SIGKILL))

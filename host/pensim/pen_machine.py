@@ -135,10 +135,17 @@ class PenMachine:
             on_exit=self._exited, on_input_full=self._port.hold_input)
         self.counts["firmware_starts" if kind == FIRMWARE else "shim_starts"] += 1
         self.interpreter = interp
+        if self._port.backlogged:
+            interp.pause_output(True)
         return interp
 
     def _output(self, data: bytes) -> None:
         self._port.write(data)
+
+    def output_backlog(self, on: bool) -> None:
+        """The host is behind (True) or has caught up: pace the running interpreter's output."""
+        if self.interpreter is not None:
+            self.interpreter.pause_output(on)
 
     def _exited(self, interp: Interpreter, rc: int) -> None:
         if interp is not self.interpreter:

@@ -1,9 +1,16 @@
 """The pen's USB-CDC port: a raw pty pair whose slave is the port the host opens.
 
 The supervisor holds the master. Bytes from the host go to `on_input`; bytes for the host are
-written as the pty takes them, and kept (up to OUT_CAP, oldest dropped, as over USB when nobody
-reads) while it does not. `hold_input(True)` stops reading the host, like USB flow control, so a
-host that writes faster than the interpreter reads blocks in its own write().
+written as the pty takes them, and kept while it does not. `hold_input(True)` stops reading the
+host, like USB flow control, so a host that writes faster than the interpreter reads blocks in its
+own write().
+
+The other way, the host paces the pen (docs/design.md §5.2): once BACKLOG_HIGH bytes wait for the
+host, `on_backlog(True)` tells the supervisor to stop reading the interpreter's output, whose
+writes then wait (the simulated board waits outside pen time); `on_backlog(False)` below
+BACKLOG_LOW. A pen on an unpaced clock produces telemetry faster than real time: without this, a
+host that reads slower (pyserial's RFC 2217 client) would lose samples a real pen never loses.
+Output the pen must not keep (OUT_CAP) is dropped oldest first, as over USB.
 """
 
 from __future__ import annotations
@@ -16,14 +23,19 @@ from collections.abc import Callable
 
 from pensim.loop import EventLoop
 
-OUT_CAP = 256 * 1024           # host-bound bytes kept while nobody reads the port
+OUT_CAP = 256 * 1024           # host-bound bytes kept at most (oldest dropped beyond)
+BACKLOG_HIGH = 64 * 1024       # stop reading the interpreter's output above this ...
+BACKLOG_LOW = 16 * 1024        # ... until the host has taken the backlog down to this
 EIO_RETRY_S = 0.05             # master read failed with EIO (no slave open): try again after this
 
 
 class PtyPort:
-    def __init__(self, loop: EventLoop, on_input: Callable[[bytes], None]):
+    def __init__(self, loop: EventLoop, on_input: Callable[[bytes], None],
+                 on_backlog: Callable[[bool], None] | None = None):
         self._loop = loop
         self._on_input = on_input
+        self._on_backlog = on_backlog
+        self.backlogged = False         # on_backlog(True) was the last call
         self.master: int | None = None
         self.slave: int | None = None   # kept open: the port exists while the pen does
         self.path: str | None = None
@@ -49,6 +61,7 @@ class PtyPort:
                     pass
         self.master = self.slave = None
         self._out.clear()
+        self.backlogged = False
 
     # ---- pen -> host ------------------------------------------------------------------------
 
@@ -66,9 +79,16 @@ class PtyPort:
             if not data:
                 return
         self._out += data
-        if len(self._out) > OUT_CAP:  # nobody reading: the oldest bytes are lost, as over USB
+        if len(self._out) > OUT_CAP:  # more than the backlog allows: the oldest bytes are lost
             del self._out[: len(self._out) - OUT_CAP]
+        if not self.backlogged and len(self._out) >= BACKLOG_HIGH:
+            self._set_backlog(True)
         self._update()
+
+    def _set_backlog(self, on: bool) -> None:
+        self.backlogged = on
+        if self._on_backlog is not None:
+            self._on_backlog(on)
 
     def _flush(self) -> None:
         if self._out and self.master is not None:
@@ -79,6 +99,8 @@ class PtyPort:
                 pass
             except OSError:
                 self._out.clear()
+        if self.backlogged and len(self._out) <= BACKLOG_LOW:
+            self._set_backlog(False)
         self._update()
 
     # ---- host -> pen ------------------------------------------------------------------------

@@ -154,7 +154,7 @@ class VirtualPen:
         self.serial = pen_serial(self.state_dir)
         self._runtime_dir = Path(tempfile.mkdtemp(prefix="pensim-run-"))
         self._loop = loop = EventLoop()
-        self._port = PtyPort(loop, on_input=self._host_bytes)
+        self._port = PtyPort(loop, on_input=self._host_bytes, on_backlog=self._output_backlog)
         self.port = self._port.open()
         if self.link is not None:
             self._link = OwnedLink(self.link, self.port)
@@ -174,6 +174,10 @@ class VirtualPen:
     def _host_bytes(self, data: bytes) -> None:
         if self._machine is not None:
             self._machine.host_bytes(data)
+
+    def _output_backlog(self, on: bool) -> None:
+        if self._machine is not None:
+            self._machine.output_backlog(on)
 
     def _run(self, ready: threading.Event) -> None:
         assert self._loop is not None and self._machine is not None
