@@ -274,7 +274,7 @@ class LockoutMachine(RuleBasedStateMachine):
     @rule()
     def insert_fresh(self):
         self.serial += 1
-        self.cart = "F%05d" % self.serial
+        self.cart = "F%015X" % self.serial
         self.pen.insert(self.cart)
 
     @precondition(lambda self: not self.running and self.used)
@@ -375,7 +375,7 @@ class LockoutMachine(RuleBasedStateMachine):
     @invariant()
     def state_matches_model(self):
         assert self.pen.state() == self._expected_state()
-        assert self.pen.app.unlocked is self.unlocked
+        assert self.pen.app.rec.unlocked is self.unlocked
 
     @invariant()
     def flash_matches_model(self):

@@ -58,7 +58,7 @@ def running_pen():
     pen.boot()
     pen.push_profile(stroke_hz=100, max_session_s=1800)
     pen.sterilise()
-    pen.insert("BE7C0001")
+    pen.insert("BE7C000100000000")
     assert pen.request("session_start")["ok"]
     pen.run_until(lambda: pen.ctl.motor_on, 3000)
     pen.run_ms(500)

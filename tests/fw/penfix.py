@@ -77,7 +77,7 @@ def unlocked_pen(tag="u", seed=12345):
     return pen
 
 
-def ready_pen(depth_um=500, stroke_hz=100, max_session_s=60, cartridge="CA0001", tag="r"):
+def ready_pen(depth_um=500, stroke_hz=100, max_session_s=60, cartridge="CA00010000000000", tag="r"):
     """An unlocked, READY pen with an active profile and a fresh cartridge."""
     pen = unlocked_pen(tag)
     pen.push_profile(name="p", depth_um=depth_um, stroke_hz=stroke_hz, max_session_s=max_session_s)
@@ -97,7 +97,7 @@ def wait_motor_start(pen, limit_ms=3000):
     return pen.run_until(lambda: pen.board.duty_bp > 0, limit_ms)
 
 
-def running_pen(depth_um=500, stroke_hz=100, max_session_s=60, cartridge="CA0001", settle_ms=600):
+def running_pen(depth_um=500, stroke_hz=100, max_session_s=60, cartridge="CA00010000000000", settle_ms=600):
     """A pen in a session, motor driven and settled for settle_ms."""
     pen = ready_pen(depth_um, stroke_hz, max_session_s, cartridge)
     start_session(pen)

@@ -16,6 +16,7 @@ def _inject_and_count(pen, fault):
 
 def _assert_latched_and_logged(pen, name):
     assert pen.state() == "FAULT"
+    pen.run_ms(2)                         # core 0 reports what core 1 published at its next pass
     assert pen.request("info")["fault"] == name
     # the session ended because of the fault, the needles retract
     ends = pen.events("session_end")
@@ -59,19 +60,19 @@ def _fault_case(fault, name, cartridge):
 
 
 def test_s4_stall_fault():
-    _fault_case("stall", "STALL", "CA0401")
+    _fault_case("stall", "STALL", "CA04010000000000")
 
 
 def test_s4_overcurrent_fault():
-    _fault_case("overcurrent", "OVERCURRENT", "CA0402")
+    _fault_case("overcurrent", "OVERCURRENT", "CA04020000000000")
 
 
 def test_s4_overtemp_fault():
-    _fault_case("overtemp", "OVERTEMP", "CA0403")
+    _fault_case("overtemp", "OVERTEMP", "CA04030000000000")
 
 
 def test_s4_low_battery_fault():
-    _fault_case("low_battery", "LOW_BATTERY", "CA0404")
+    _fault_case("low_battery", "LOW_BATTERY", "CA04040000000000")
 
 
 def _tach_loss(hz, delay_ms, cartridge):
@@ -101,7 +102,7 @@ def test_s4_tach_loss_fault():
         limit = int(2 * period_ms + 0.999)      # 2 expected stroke periods, in whole ticks
         worst = 0
         for delay_ms in (0, 3, 7):
-            pen, detect = _tach_loss(hz, delay_ms, "CA04%d%d" % (hz, delay_ms))
+            pen, detect = _tach_loss(hz, delay_ms, "CA04%06d%06d" % (hz, delay_ms))
             if detect > worst:
                 worst = detect
         print("S4 tach_loss at %d Hz: detected after at most %d ticks (2 periods = %.1f ms)"
@@ -126,11 +127,11 @@ def test_s4_overtemp_threshold_is_41_degc():
 
 def test_s4_fault_during_session_blocks_new_session_after_clear():
     # a latched fault cleared: the unlock was used by the faulted session
-    pen = penfix.running_pen(cartridge="CA0420")
+    pen = penfix.running_pen(cartridge="CA04200000000000")
     pen.board.inject("stall")
     pen.run_ms(5)
     pen.board.clear_injections()
     assert pen.request("fault_clear", reason="rotor freed")["ok"]
     assert pen.boot() == "LOCKED"
-    pen.insert("CA0421")
+    pen.insert("CA04210000000000")
     assert pen.request("session_start")["code"] == "LOCKED"

@@ -21,7 +21,7 @@ def _interrupt_after(pen, calls, exc):
 
 
 def test_s9_ctrl_c_in_app_run_stops_motor():
-    pen = penfix.running_pen(cartridge="CA0901")
+    pen = penfix.running_pen(cartridge="CA09010000000000")
     probe = _interrupt_after(pen, 300, KeyboardInterrupt())
     try:
         pen.app.run()
@@ -38,7 +38,7 @@ def test_s9_ctrl_c_in_app_run_stops_motor():
 
 
 def test_s9_exception_in_loop_stops_motor_and_is_logged():
-    pen = penfix.running_pen(cartridge="CA0902")
+    pen = penfix.running_pen(cartridge="CA09020000000000")
     probe = _interrupt_after(pen, 200, RuntimeError("board hook failed"))
     try:
         pen.app.run()
@@ -54,8 +54,9 @@ def test_s9_exception_in_loop_stops_motor_and_is_logged():
     entries = penfix.log_entries(pen)
     crashes = [e for e in entries if e["kind"] == "crash"]
     assert len(crashes) == 1 and "board hook failed" in crashes[0]["error"], entries
-    sessions = [e for e in entries if e["kind"] == "session"]
-    assert sessions[-1]["end"] == "INTERRUPTED"
+    # S14: the session's entry has its true end, duration and strokes
+    session = [e for e in entries if e["kind"] == "session"][-1]
+    assert session["end"] == "CRASH" and session["duration_ms"] > 200 and session["strokes"] > 10, session
 
 
 def test_s9_ctrl_c_in_main_stops_motor():
@@ -65,7 +66,7 @@ def test_s9_ctrl_c_in_main_stops_motor():
     import main
     from pen import app as app_module
 
-    pen = penfix.ready_pen(cartridge="CA0903")
+    pen = penfix.ready_pen(cartridge="CA09030000000000")
     board = pen.board
     made = {}
     probe = {"driven": 0, "started": False}
@@ -73,7 +74,7 @@ def test_s9_ctrl_c_in_main_stops_motor():
 
     class TestApp(real_app):
         def __init__(self, board):
-            real_app.__init__(self, board, out=pen.out, inp=pen.app.inp, poller=pen.app.poller)
+            real_app.__init__(self, board, inp=pen.app.inp, poller=pen.app.poller)
             made["app"] = self
 
     def service():

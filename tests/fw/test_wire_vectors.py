@@ -155,8 +155,8 @@ def _flash(pen):
 
 def _snapshot(pen):
     app = pen.app
-    return (pen.state(), wire.dumps(app.profiles), app.active, app.unlocked, app.cycles,
-            wire.dumps(app.used), app.event_seq, _flash(pen))
+    return (pen.state(), wire.dumps(app.rec.profiles), app.rec.active, app.rec.unlocked, app.rec.cycles,
+            wire.dumps(app.rec.used), app.event_seq, _flash(pen))
 
 
 def _pen():

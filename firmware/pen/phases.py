@@ -1,0 +1,298 @@
+# The control core's phases outside the tick's common path (pen.control.Controller
+# inherits them): the depth actuator (homing, moves, settling), a session's positioning
+# and retraction, the sterilisation cycle (S5, S12) and the telemetry sample. Same rules
+# as pen.control: run on core 1, no allocation, integers below 2**30, time from elapsed
+# pen time (dt_ms) only.
+import micropython
+from micropython import const
+
+from .codes import (
+    ABORT_LID_OPEN, ABORT_LOW_UV, ABORT_NONE, ABORT_TIMEOUT, ABORT_UV_LED_DEAD, ABORT_UV_SENSOR_HIGH,
+    ABORT_UV_SENSOR_STUCK, BOOT, END_CARTRIDGE_OUT, END_NONE, END_STOPPED, END_TIME_LIMIT, F_DEPTH_JAM,
+    F_HOMING, F_NONE, FAULT, LOCKED, RUNNING, SAMPLE_BATTERY_MV, SAMPLE_CURRENT_MA, SAMPLE_DEPTH_UM,
+    SAMPLE_TEMP_CDEGC, STERILISING,
+)
+from .limits import (
+    DEPTH_HOME_MAX_STEPS, DEPTH_JAM_TIMEOUT_MS, DEPTH_SETTLE_MS, DEPTH_TOL_UM, DEPTH_UM_PER_STEP,
+    MOTOR_FF_MV_OFFSET, MOTOR_FF_MV_PER_HZ, MOTOR_FF_MV_PER_HZ_S_X10, SOFT_START_MS, TACH_TIMEOUT_PERIODS,
+    TELEMETRY_RING, UV_DARK_MAX_PM, UV_DOSE_TARGET, UV_MAX_PM, UV_MIN_PM, UV_SETTLE_MS, UV_TIMEOUT_MS,
+)
+from .proto import (
+    TM_BATTERY_MV, TM_CURRENT_MA, TM_DEPTH_SET_UM, TM_DEPTH_UM, TM_DUTY_BP, TM_FAULTS, TM_FIELDS,
+    TM_HZ_CHZ, TM_HZ_SET_CHZ, TM_OVERRUNS, TM_STATE, TM_STROKES, TM_T_MS, TM_TEMP_CDEGC, TM_TICK_MAX_US,
+)
+
+# Depth actuator phases.
+D_HOMING = const(0)
+D_MOVING = const(1)
+D_SETTLING = const(2)
+D_HOLD = const(3)
+
+# Motor phases within RUNNING.
+M_OFF = const(0)
+M_POSITIONING = const(1)
+M_DRIVE = const(2)
+M_RETRACT = const(3)
+
+# Sterilisation phases (S5, S12): dark check, UV on (settling, then dose), dark check again.
+U_DARK_BEFORE = const(0)
+U_ON = const(1)
+U_DARK_AFTER = const(2)
+U_DONE = const(3)
+
+# Tach edge counts wrap at 2**29 on the pen (a small int inside the hard IRQ): stroke
+# counts are differences modulo this.
+TACH_MASK = const(0x1FFFFFFF)
+_COUNT_MASK = const(0x3FFFFFFF)    # tm_count wraps below 2**30 (a multiple of TELEMETRY_RING)
+
+
+class Phases:
+    def __init__(self):
+        # depth actuator
+        self.depth_phase = D_HOMING
+        self.depth_steps = 0       # commanded position in actuator steps from the end-stop
+        self.depth_set_um = 0
+        self.depth_target_um = 0
+        self._home_steps = 0
+        self._depth_ms = 0         # time in the settling phase
+        self._depth_good_ms = 0    # time the sensor agreed with the target, in a row
+        self.homed = False
+        self._after_home = LOCKED  # state entered once homed (core 0 says, through boot / fault clear)
+        # session
+        self.motor_phase = M_OFF
+        self.session_ms = 0
+        self.session_max_ms = 0
+        self.end_reason = END_NONE
+        self.end_fault = F_NONE    # a fault that hit the session's end or its retraction
+        self._stop_request = False
+        # sterilisation
+        self.uv_phase = U_DONE
+        self._uv_phase_ms = 0
+        self.uv_dose = 0
+        self.uv_pm = 0
+        self.steril_ms = 0
+        self.abort_reason = ABORT_NONE
+
+    # ---- depth actuator ----
+
+    def _start_homing(self, after_home):
+        self.state = BOOT
+        self.ev_state += 1
+        self.depth_phase = D_HOMING
+        self._home_steps = 0
+        self.homed = False
+        self._after_home = after_home
+
+    def _move_depth(self, target_um):
+        self.depth_target_um = target_um
+        self.depth_phase = D_MOVING
+        self._depth_ms = 0
+        self._depth_good_ms = 0
+
+    @micropython.native
+    def _depth_tick(self, board, dt_ms):
+        # Homing, moving and settling (the held phase is checked in tick()).
+        phase = self.depth_phase
+        if phase == D_HOMING:
+            if board.depth_endstop():
+                self.depth_steps = 0
+                depth_um = self._samples[SAMPLE_DEPTH_UM]
+                if depth_um > DEPTH_TOL_UM or depth_um < -DEPTH_TOL_UM:
+                    self.fault_now(F_HOMING)
+                    return
+                self.homed = True
+                self.depth_target_um = 0
+                self.depth_phase = D_HOLD
+                return
+            self._home_steps += 1
+            if self._home_steps > DEPTH_HOME_MAX_STEPS:
+                self.fault_now(F_HOMING)
+                return
+            board.depth_step(-1)
+            return
+        if phase == D_MOVING:
+            # Moves only with the motor stopped (S2). One step per tick.
+            if self.motor_on:
+                return
+            target_steps = self.depth_target_um // DEPTH_UM_PER_STEP
+            if self.depth_steps < target_steps:
+                board.depth_step(1)
+                self.depth_steps += 1
+            elif self.depth_steps > target_steps:
+                board.depth_step(-1)
+                self.depth_steps -= 1
+            else:
+                self.depth_phase = D_SETTLING
+                self._depth_ms = 0
+                self._depth_good_ms = 0
+            return
+        # Settling: the sensor must agree with the target for DEPTH_SETTLE_MS in a row.
+        error = self._samples[SAMPLE_DEPTH_UM] - self.depth_target_um
+        self._depth_ms += dt_ms
+        if error > DEPTH_TOL_UM or error < -DEPTH_TOL_UM:
+            self._depth_good_ms = 0
+            if self._depth_ms > DEPTH_JAM_TIMEOUT_MS:
+                if self.state != FAULT:
+                    self.fault_now(F_DEPTH_JAM)   # the carriage did not follow the steps
+                else:
+                    self.depth_phase = D_HOLD       # already faulted: stop trying
+            return
+        self._depth_good_ms += dt_ms
+        if self._depth_good_ms >= DEPTH_SETTLE_MS:
+            self.depth_phase = D_HOLD
+
+    # ---- session ----
+
+    def _start_session(self, depth_um, hz, max_s):
+        self.depth_set_um = depth_um
+        self.hz_set_chz = hz * 100
+        self._tach_timeout_us = TACH_TIMEOUT_PERIODS * 1000000 // hz   # expected strokes, us
+        # Feed-forward voltages for this set point, computed once instead of every tick.
+        self._ff_mv = MOTOR_FF_MV_OFFSET + hz * MOTOR_FF_MV_PER_HZ
+        self._ff_accel_mv = hz * 100 * 10 // SOFT_START_MS * MOTOR_FF_MV_PER_HZ_S_X10 // 10
+        self.session_max_ms = max_s * 1000
+        self.session_ms = 0
+        self.end_reason = END_NONE
+        self.end_fault = F_NONE
+        self._stop_request = False
+        self.session_tach_start = self.board.tach_count()
+        self.strokes = 0
+        self.motor_phase = M_POSITIONING
+        self._move_depth(depth_um)
+        self.state = RUNNING
+        self.ev_state += 1
+
+    @micropython.native
+    def _running_tick(self, board, now_us, dt_ms):
+        # Positioning and retraction phases of a session (driving is in tick()).
+        phase = self.motor_phase
+        if phase == M_POSITIONING:
+            self.session_ms += dt_ms
+            if not board.cartridge_present():
+                self._end_session(END_CARTRIDGE_OUT)
+            elif self._stop_request:
+                self._end_session(END_STOPPED)
+            elif self.session_ms >= self.session_max_ms:
+                self._end_session(END_TIME_LIMIT)
+            elif self.depth_phase == D_HOLD:
+                self.motor_phase = M_DRIVE
+                self._drive_ms = 0
+                self._integ = 0
+                self._tach_last_us = now_us      # the tach timeout counts from the drive start
+                self._edge_age_us = 0
+                self.motor_on = True
+        elif phase == M_RETRACT:
+            if self.depth_phase == D_HOLD and self.depth_target_um == 0:
+                self.state = LOCKED
+                self.motor_phase = M_OFF
+                self.ev_state += 1
+                self.ev_session_end += 1
+
+    def _end_session(self, reason):
+        board = self.board
+        board.motor_coast()
+        if self.motor_on:
+            self._off_at_ms = self.now_ms
+        self.strokes = (board.tach_count() - self.session_tach_start) & TACH_MASK   # strokes while driven
+        self.motor_on = False
+        self.duty_bp = 0
+        self.hz_ref_chz = 0
+        self.end_reason = reason
+        self.motor_phase = M_RETRACT
+        self._move_depth(0)
+
+    # ---- sterilisation (S5, S12) ----
+
+    def _start_sterilising(self):
+        self.uv_dose = 0
+        self.steril_ms = 0
+        self.uv_pm = 0
+        self.abort_reason = ABORT_NONE
+        self.uv_phase = U_DARK_BEFORE
+        self._uv_phase_ms = 0
+        self.state = STERILISING
+        self.ev_state += 1
+
+    @micropython.native
+    def _steril_tick(self, board, dt_ms):
+        phase = self.uv_phase
+        if phase == U_DONE:
+            return                   # done; waiting for core 0 to persist the unlock
+        if not board.lid_closed():
+            self._abort_steril(ABORT_LID_OPEN)   # UV off within this tick
+            return
+        steril_ms = self.steril_ms + dt_ms
+        self.steril_ms = steril_ms
+        if steril_ms >= UV_TIMEOUT_MS:
+            self._abort_steril(ABORT_TIMEOUT)
+            return
+        pm = board.uv_intensity_pm()
+        self.uv_pm = pm
+        phase_ms = self._uv_phase_ms + dt_ms
+        self._uv_phase_ms = phase_ms
+        if phase == U_ON:
+            if phase_ms <= UV_SETTLE_MS:
+                return               # the LED and the sensor settle: not counted
+            if pm > UV_MAX_PM:
+                self._abort_steril(ABORT_UV_SENSOR_HIGH)
+            elif pm <= UV_DARK_MAX_PM:
+                self._abort_steril(ABORT_UV_LED_DEAD)
+            elif pm < UV_MIN_PM:
+                self._abort_steril(ABORT_LOW_UV)
+            else:
+                dose = self.uv_dose + pm * dt_ms
+                self.uv_dose = dose
+                if dose >= UV_DOSE_TARGET:
+                    board.uv_set(False)
+                    self.uv_on = False
+                    self.uv_phase = U_DARK_AFTER
+                    self._uv_phase_ms = 0
+            return
+        # U_DARK_BEFORE / U_DARK_AFTER: the LED is off; once settled the sensor must read dark.
+        if phase_ms < UV_SETTLE_MS:
+            return
+        if pm > UV_DARK_MAX_PM:
+            self._abort_steril(ABORT_UV_SENSOR_STUCK)
+        elif phase == U_DARK_BEFORE:
+            board.uv_set(True)
+            self.uv_on = True
+            self.uv_phase = U_ON
+            self._uv_phase_ms = 0
+        else:
+            self.uv_phase = U_DONE
+            self.ev_steril_done += 1
+
+    def _abort_steril(self, reason):
+        self.board.uv_set(False)
+        self.uv_on = False
+        self.uv_phase = U_DONE
+        self.abort_reason = reason
+        self.state = LOCKED
+        self.ev_state += 1
+        self.ev_steril_abort += 1
+
+    # ---- telemetry ----
+
+    @micropython.native
+    def _telemetry_sample(self):
+        ring = self.tm_ring
+        base = (self.tm_count % TELEMETRY_RING) * TM_FIELDS
+        state = self.state
+        ring[base + TM_T_MS] = self.now_ms
+        ring[base + TM_STATE] = state
+        ring[base + TM_DEPTH_SET_UM] = self.depth_target_um
+        samples = self._samples
+        ring[base + TM_DEPTH_UM] = samples[SAMPLE_DEPTH_UM]
+        ring[base + TM_HZ_SET_CHZ] = self.hz_set_chz if state == RUNNING else 0
+        ring[base + TM_HZ_CHZ] = self.hz_chz
+        ring[base + TM_DUTY_BP] = self.duty_bp
+        ring[base + TM_CURRENT_MA] = samples[SAMPLE_CURRENT_MA]
+        ring[base + TM_TEMP_CDEGC] = samples[SAMPLE_TEMP_CDEGC]
+        ring[base + TM_BATTERY_MV] = samples[SAMPLE_BATTERY_MV]
+        if state == RUNNING and self.motor_on:
+            self.strokes = (self.board.tach_count() - self.session_tach_start) & TACH_MASK
+        ring[base + TM_STROKES] = self.strokes
+        ring[base + TM_FAULTS] = self.faults
+        ring[base + TM_OVERRUNS] = self.overruns
+        ring[base + TM_TICK_MAX_US] = self.tick_max_us
+        self.tm_count = (self.tm_count + 1) & _COUNT_MASK   # published after the sample is complete
