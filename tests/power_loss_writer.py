@@ -101,9 +101,9 @@ def make_app(folder):
     import fwtest
     from boards.sim import Board
     from pen.app import App
-    board = Board(clock="fast", serial="PL-1", seed=7, out=fwtest._NullOut(), world=False)
+    board = Board(clock="fast", serial="PL-1", seed=7, out=fwtest._NullOut(), inp=fwtest._NoInput(), world=False)
     board.store_dir = folder
-    app = App(board, inp=fwtest._NoInput(), poller=fwtest._NoPoll())
+    app = App(board)
     return board, app
 
 

@@ -60,15 +60,23 @@ def _readable(poller):
 
 
 class _Discard:
+    """No host on the USB link: writes vanish, reads find nothing."""
+
     def write(self, data):
         return len(data)
+
+    def read(self, size):
+        return b""
+
+    def poll(self, timeout):
+        return []
 
 
 class Board(Plant):
     BOARD_NAME = BOARD_NAME
 
     def __init__(self, clock=None, serial=None, rig_in=None, rig_out=None, seed=12345, out=None,
-                 time_start_s=None, world=True):
+                 inp=None, time_start_s=None, world=True):
         if clock is None:
             clock = os.getenv("PEN_SIM_CLOCK") or "real"
         if clock not in CLOCKS:
@@ -112,8 +120,18 @@ class Board(Plant):
         self._est_all_n = 0
         self._halted = False            # safe_stop ran: motor_drive and uv_set(True) do nothing
         self.interrupt_us = -1          # pen time the firmware last learned of Ctrl-C or a crash
-        # the USB-CDC link to the host
+        # the USB-CDC link to the host (`inp`: a stream with read(n) that is also its own poll)
         self._out = out if out is not None else (sys.stdout.buffer if world else _Discard())
+        if inp is not None:
+            self._in_stream = inp
+            self._in_poll = inp
+        elif world:
+            self._in_stream = sys.stdin.buffer
+            self._in_poll = select.poll()
+            self._in_poll.register(sys.stdin, select.POLLIN)
+        else:
+            self._in_stream = self._in_poll = _Discard()
+        self._in_fifo = bytearray()
         self._fifo = bytearray()
         self._hold_until_us = origin    # the host stopped reading until then (rig hold_output)
         self.out_dropped_bytes = 0
@@ -201,10 +219,14 @@ class Board(Plant):
             while self._plant_us + STEP_US <= self._core0_us:
                 self._plant_step()
 
+    def _input_waiting(self):
+        return bool(self._in_fifo) or _readable(self._in_poll)
+
     def _wait_until(self, until_us, wake):
-        """Core 0 waits (in pen time) until `until_us`; False early when `wake` has input."""
+        """Core 0 waits (in pen time) until `until_us`; False early when `wake` and the
+        console has input."""
         if not self._real:
-            if wake is not None and _readable(wake):
+            if wake and self._input_waiting():
                 return False
             if until_us > self._core0_us:
                 self._core0_us = until_us
@@ -216,7 +238,7 @@ class Board(Plant):
             remaining = until_us - self._core0_us
             if remaining <= 0:
                 return True
-            if wake is not None and _readable(wake):
+            if wake and self._input_waiting():
                 return False
             self._poll_rig()
             if self._running and self._deadline_abs - self._core0_us < remaining:
@@ -343,14 +365,37 @@ class Board(Plant):
         self._drain_out()
         self._leave()
 
-    def idle(self, us, wake=None):
-        """Core 0 waits up to `us`: False as soon as `wake` (a poll object) has input."""
+    def idle(self, us, wake=True):
+        """Core 0 waits up to `us`; with `wake`, returns False as soon as the console has
+        input (True after the full wait)."""
         self._enter()
         woke = not self._wait_until(self._core0_us + us, wake)
         self._poll_rig()
         self._drain_out()
         self._leave()
         return not woke
+
+    # ---- USB-CDC input ----
+
+    def read_in(self, buf):
+        """Console bytes available now, without waiting: copied into `buf`; returns how many.
+        The host OS reads are the USB stack's work (not charged, like a pen's USB
+        interrupt filling its FIFO); the copy loop below runs after _leave(), so core 0 is
+        charged a byte loop as the pen's read_in (ipoll + read per byte) would be."""
+        self._enter()
+        fifo = self._in_fifo
+        want = len(buf)
+        while len(fifo) < want and _readable(self._in_poll):
+            byte = self._in_stream.read(1)
+            if not byte:
+                break
+            fifo += byte
+        self._leave()
+        count = len(fifo) if len(fifo) < want else want
+        for index in range(count):
+            buf[index] = fifo[index]
+        self._in_fifo = fifo[count:]
+        return count
 
     # ---- USB-CDC output (S15) ----
 
@@ -383,7 +428,7 @@ class Board(Plant):
             room = _FIFO_BYTES - len(self._fifo)
             if room < chunk:
                 give_up = self._core0_us + _USB_TIMEOUT_US
-                self._wait_until(give_up if give_up < self._hold_until_us else self._hold_until_us, None)
+                self._wait_until(give_up if give_up < self._hold_until_us else self._hold_until_us, False)
                 self._drain_out()
                 room = _FIFO_BYTES - len(self._fifo)
                 if chunk > room:

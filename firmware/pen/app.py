@@ -3,13 +3,6 @@
 # (pen.loop, pen.control); this side talks to it only through the command mailbox and
 # reads what it publishes (event counters, the telemetry ring) after board.sync().
 # Platform-agnostic: it receives the board. Request handlers are in pen.ops.
-import sys
-
-try:
-    import select
-except ImportError:  # pragma: no cover
-    import uselect as select  # type: ignore
-
 from . import control as c
 from . import limits as lim
 from . import ops, proto, wire
@@ -24,24 +17,15 @@ _RETRACT_MAX_MS = 1500     # S9: needles at the end-stop within 1.5 s after Ctrl
 _MS_HALF = 1 << 29
 
 
-def _readable(poller):
-    # ipoll: MicroPython's allocation-free poll (poll() builds a list each call).
-    for _ in poller.ipoll(0):
-        return True
-    return False
-
-
 class App:
-    def __init__(self, board, inp=None, poller=None):
+    def __init__(self, board):
         self.board = board
         self.ctl = c.Controller(board)
         self.loop = ControlLoop(self.ctl)
         self.rec = Records(Store(board.store_dir), self._flash_ok, wire.dumps)
-        self.inp = inp if inp is not None else sys.stdin.buffer
-        if poller is None:
-            poller = select.poll()
-            poller.register(sys.stdin, select.POLLIN)
-        self.poller = poller
+        self._in = bytearray(lim.RX_BYTES_PER_PASS)   # console bytes read, not yet parsed
+        self._in_len = 0
+        self._in_pos = 0
         self.rx = bytearray(lim.FRAME_MAX + 1)
         self.rx_len = 0
         self.rx_overflow = False
@@ -108,7 +92,7 @@ class App:
         ctl.cmd_c = c_
         ctl.cmd_seq = seq               # published last: the arguments are in place
         for _ in range(lim.CMD_ACK_WAIT_MS * 1000 // _IDLE_US):
-            board.idle(_IDLE_US, None)
+            board.idle(_IDLE_US, False)
             board.sync()
             if ctl.ack_seq == seq:
                 return ctl.ack_result, ctl.ack_detail
@@ -152,7 +136,7 @@ class App:
             self._wd_ticks = ticks
             board.watchdog_feed()
         if not busy:
-            board.idle(_IDLE_US, self.poller)
+            board.idle(_IDLE_US, True)       # returns early on console input
 
     # ---- core 1 -> core 0 ----
 
@@ -248,7 +232,7 @@ class App:
             if board.depth_endstop():
                 return
             board.depth_step(-1)
-            board.idle(_IDLE_US, None)
+            board.idle(_IDLE_US, False)
 
     def _record_shutdown(self, exc):
         ctl = self.ctl
@@ -307,18 +291,17 @@ class App:
                 self.event({"ev": "tm_end", "sub": self.tm_sub, "reason": "LEASE"})
 
     def _receive(self):
-        """Read input; handle at most one complete request. True if there was input."""
-        budget = lim.RX_BYTES_PER_PASS
-        poller = self.poller
-        inp = self.inp
-        got = False
-        while budget and _readable(poller):
-            chunk = inp.read(1)
-            if not chunk:
-                return got
-            got = True
-            budget -= 1
-            byte = chunk[0]
+        """Parse console input (at most RX_BYTES_PER_PASS bytes read per pass); handle at
+        most one complete request. True if there was input."""
+        chunk = self._in
+        if self._in_pos >= self._in_len:
+            self._in_len = self.board.read_in(chunk)
+            self._in_pos = 0
+            if not self._in_len:
+                return False
+        while self._in_pos < self._in_len:
+            byte = chunk[self._in_pos]
+            self._in_pos += 1
             if byte == 10:
                 if self.rx_overflow:
                     self.rx_overflow = False
@@ -340,7 +323,7 @@ class App:
                     self.rx_start_us = self.board.ticks_us()
                 self.rx[self.rx_len] = byte
                 self.rx_len += 1
-        return got
+        return True
 
     def _reply_error(self, num, code, message):
         self.rx_errors += 1

@@ -32,7 +32,7 @@ except ImportError:  # CPython, or a test period: the same arithmetic as MicroPy
         _ticks_us = _time.ticks_us  # type: ignore[attr-defined]
 
         def ticks_us():
-            return _ticks_us() & _MASK
+            return _ticks_us() & _MASK  # type: ignore[operator]
 
     def ticks_add(ticks, delta):
         return (ticks + delta) & _MASK

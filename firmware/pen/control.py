@@ -16,8 +16,6 @@
 # The tick and the interlocks use the native code emitter (about 1.8x faster than
 # bytecode on the unix port); `penctl flash` compiles this module for the pen's CPU.
 # Phases that run rarely or in other states are in pen.phases (class Phases).
-from array import array
-
 # On CPython (the firmware tests) tests/cpython/micropython.py stands in.
 import micropython
 from micropython import const
@@ -39,12 +37,11 @@ from .limits import (
     BATTERY_MIN_MV, DEPTH_TOL_UM, DUTY_MAX_BP, LOCKED_ROTOR_PCT, MOTOR_FF_MV_OFFSET,
     MOTOR_FF_MV_PER_HZ, MOTOR_OFF_MAX_MA, MOTOR_OFF_SETTLE_MS, MOTOR_R_MOHM, MOTOR_SPINDOWN_MS, MS_MASK,
     OVERCURRENT_MA, OVERTEMP_CDEGC, SOFT_START_MS, SPEED_KI_SHIFT, SPEED_KP_BP_PER_CHZ_X10, STALL_EMF_PCT,
-    STALL_MIN_MA, TELEMETRY_PERIOD_MS, TELEMETRY_RING,
+    STALL_MIN_MA, TELEMETRY_PERIOD_MS,
 )
 from .phases import (
     D_HOLD, D_HOMING, M_DRIVE, M_OFF, M_RETRACT, TACH_MASK, U_DONE, Phases,
 )
-from .proto import TM_FIELDS
 
 _CHZ_US = const(100000000)   # cHz * us per stroke: hz_chz = _CHZ_US * strokes // period_us
 _AGE_CAP_US = const(1000000)  # time since the last tach edge saturates here (stays a small int)
@@ -62,7 +59,7 @@ class Controller(Phases):
     # here on purpose: each method call and attribute access counts against the tick budget.
 
     def __init__(self, board):
-        self.board = board
+        Phases.__init__(self, board)       # board, inputs, telemetry ring, phases
         # ---- written by core 0 only: the command mailbox ----
         self.cmd = CMD_NONE
         self.cmd_a = 0
@@ -76,8 +73,6 @@ class Controller(Phases):
         self.state = BOOT
         self.fault = F_NONE
         self.fault_ms = 0          # pen time (ms, wrapped at MS_MASK) at which the fault latched
-        self.faults = 0            # faults latched since boot
-        self.now_ms = 0            # pen time of the current tick, ms wrapped at MS_MASK
         self._last_us = 0          # the previous tick's pen time (us)
         self._rem_us = 0           # us of elapsed time not yet counted in ms
         # event counters, core 1 -> core 0 (only core 1 increments them)
@@ -86,17 +81,10 @@ class Controller(Phases):
         self.ev_session_end = 0    # a session ended (end_reason, session_ms, strokes, end_fault)
         self.ev_steril_done = 0    # dose reached, checked dark again, UV off: waits for CMD_STERIL_FINISH
         self.ev_steril_abort = 0   # a cycle aborted (abort_reason)
-        # timing statistics of the control loop (pen.loop writes them, on core 1)
-        self.overruns = 0
-        self.tick_max_us = 0
-        # measured inputs, refreshed every tick; a second buffer for confirmation readings
-        self._samples = array("i", [0] * SAMPLE_FIELDS)
-        self._confirm = array("i", [0] * SAMPLE_FIELDS)
         # stroke motor
         self.motor_on = False      # commanded on
         self.hz_set_chz = 0
         self.hz_ref_chz = 0
-        self.hz_chz = 0
         self.duty_bp = 0
         self._integ = 0
         self._drive_ms = 0         # time driven this session, saturating
@@ -110,11 +98,7 @@ class Controller(Phases):
         self.session_tach_start = 0
         self.strokes = 0
         self.uv_on = False
-        Phases.__init__(self)
-        # telemetry ring: TELEMETRY_RING samples of TM_FIELDS ints, written here
-        self.tm_ring = array("i", [0] * (TELEMETRY_RING * TM_FIELDS))
-        self.tm_count = 0          # samples written since boot (index = count % RING)
-        self._tm_left_ms = 0       # ms until the next sample
+        self._tm_left_ms = 0       # ms until the next telemetry sample
 
     def depth_um(self):
         # A method, not a property: a property on the class slows every attribute

@@ -31,7 +31,7 @@ class ControlLoop:
 
     def begin(self, now_us):
         """Core 0, before the board starts core 1: the first period is one period from now."""
-        self.deadline = ticks_add(now_us, TICK_US)
+        self.deadline = ticks_add(now_us, TICK_US)  # type: ignore[arg-type]
         self.stop_req = False
         self.stopped = False
 
@@ -47,7 +47,7 @@ class ControlLoop:
             missed = late // TICK_US
             overruns = ctl.overruns + missed
             ctl.overruns = overruns if overruns < _COUNT_MASK else _COUNT_MASK
-            deadline = ticks_add(deadline, missed * TICK_US)
+            deadline = ticks_add(deadline, missed * TICK_US)  # type: ignore[arg-type]
             late -= missed * TICK_US
         elif late < 0:
             late = 0
@@ -60,7 +60,7 @@ class ControlLoop:
         hist[bucket] += 1
         ctl.tick(deadline)
         self.ticks = (self.ticks + 1) & _COUNT_MASK
-        self.deadline = ticks_add(deadline, TICK_US)   # from the previous deadline, not from now
+        self.deadline = ticks_add(deadline, TICK_US)  # type: ignore[arg-type] - from the previous deadline
         return deadline
 
     def record_cost(self, cost_us):

@@ -3,6 +3,8 @@
 # and retraction, the sterilisation cycle (S5, S12) and the telemetry sample. Same rules
 # as pen.control: run on core 1, no allocation, integers below 2**30, time from elapsed
 # pen time (dt_ms) only.
+from array import array
+
 import micropython
 from micropython import const
 
@@ -10,7 +12,7 @@ from .codes import (
     ABORT_LID_OPEN, ABORT_LOW_UV, ABORT_NONE, ABORT_TIMEOUT, ABORT_UV_LED_DEAD, ABORT_UV_SENSOR_HIGH,
     ABORT_UV_SENSOR_STUCK, BOOT, END_CARTRIDGE_OUT, END_NONE, END_STOPPED, END_TIME_LIMIT, F_DEPTH_JAM,
     F_HOMING, F_NONE, FAULT, LOCKED, RUNNING, SAMPLE_BATTERY_MV, SAMPLE_CURRENT_MA, SAMPLE_DEPTH_UM,
-    SAMPLE_TEMP_CDEGC, STERILISING,
+    SAMPLE_FIELDS, SAMPLE_TEMP_CDEGC, STERILISING,
 )
 from .limits import (
     DEPTH_HOME_MAX_STEPS, DEPTH_JAM_TIMEOUT_MS, DEPTH_SETTLE_MS, DEPTH_TOL_UM, DEPTH_UM_PER_STEP,
@@ -47,7 +49,20 @@ _COUNT_MASK = const(0x3FFFFFFF)    # tm_count wraps below 2**30 (a multiple of T
 
 
 class Phases:
-    def __init__(self):
+    def __init__(self, board):
+        self.board = board
+        # measured inputs, refreshed every tick; a second buffer for confirmation readings
+        self._samples = array("i", [0] * SAMPLE_FIELDS)
+        self._confirm = array("i", [0] * SAMPLE_FIELDS)
+        self.now_ms = 0            # pen time of the current tick, ms wrapped at MS_MASK
+        self.faults = 0            # faults latched since boot
+        # timing statistics of the control loop (pen.loop writes them, on core 1)
+        self.overruns = 0
+        self.tick_max_us = 0
+        self.hz_chz = 0
+        # telemetry ring: TELEMETRY_RING samples of TM_FIELDS ints, written here
+        self.tm_ring = array("i", [0] * (TELEMETRY_RING * TM_FIELDS))
+        self.tm_count = 0          # samples written since boot (index = count % RING), wraps at 2**30
         # depth actuator
         self.depth_phase = D_HOMING
         self.depth_steps = 0       # commanded position in actuator steps from the end-stop
@@ -72,6 +87,9 @@ class Phases:
         self.uv_pm = 0
         self.steril_ms = 0
         self.abort_reason = ABORT_NONE
+
+    def fault_now(self, cause):
+        raise NotImplementedError   # pen.control.Controller's
 
     # ---- depth actuator ----
 

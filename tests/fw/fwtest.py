@@ -29,16 +29,10 @@ class _NullOut:
 
 
 class _NoInput:
+    """A host that sends nothing (a stream that is also its own poll object)."""
+
     def read(self, n):
         return b""
-
-    def fileno(self):
-        return -1
-
-
-class _NoPoll:
-    def register(self, obj, mask):
-        pass
 
     def poll(self, timeout):
         return []
@@ -80,10 +74,10 @@ class Pen:
 
     def power_on(self, seed=12345, clock="fast", time_start_s=0):
         self.out = _NullOut()
-        self.board = Board(clock=clock, serial="TEST-1", seed=seed, out=self.out, time_start_s=time_start_s,
-                           world=False)
+        self.board = Board(clock=clock, serial="TEST-1", seed=seed, out=self.out, inp=_NoInput(),
+                           time_start_s=time_start_s, world=False)
         self.board.store_dir = self.folder + "/data"
-        self.app = App(self.board, inp=_NoInput(), poller=_NoPoll())
+        self.app = App(self.board)
         self.ctl = self.app.ctl
         self.board.cartridge = getattr(self, "cartridge", None)
 

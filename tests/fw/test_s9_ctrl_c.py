@@ -74,7 +74,7 @@ def test_s9_ctrl_c_in_main_stops_motor():
 
     class TestApp(real_app):
         def __init__(self, board):
-            real_app.__init__(self, board, inp=pen.app.inp, poller=pen.app.poller)
+            real_app.__init__(self, board)
             made["app"] = self
 
     def service():
