@@ -25,10 +25,14 @@ import micropython
 import select
 from micropython import const
 
-from pen.codes import SAMPLE_BATTERY_MV as _S_BATTERY
-from pen.codes import SAMPLE_CURRENT_MA as _S_CURRENT
-from pen.codes import SAMPLE_DEPTH_UM as _S_DEPTH
-from pen.codes import SAMPLE_TEMP_CDEGC as _S_TEMP
+from pen.control import SAMPLE_BATTERY_MV as _S_BATTERY
+from pen.control import SAMPLE_CARTRIDGE as _S_CARTRIDGE
+from pen.control import SAMPLE_CURRENT_MA as _S_CURRENT
+from pen.control import SAMPLE_DEPTH_UM as _S_DEPTH
+from pen.control import SAMPLE_LID as _S_LID
+from pen.control import SAMPLE_TACH_COUNT as _S_TACH_COUNT
+from pen.control import SAMPLE_TACH_US as _S_TACH_US
+from pen.control import SAMPLE_TEMP_CDEGC as _S_TEMP
 from pen.limits import DEPTH_TRAVEL_UM
 
 try:
@@ -320,11 +324,15 @@ class Board:
         self._pwm.duty_u16(0)
         self._duty_bp = 0
 
-    def sample(self, buf) -> None:  # tick: the analogue inputs in one call (layout: pen.limits SAMPLE_*)
+    def sample(self, buf) -> None:  # tick: every input of the tick in one call (layout: pen.control SAMPLE_*)
         buf[_S_CURRENT] = self.motor_current_ma()
         buf[_S_BATTERY] = self.battery_mv()
         buf[_S_TEMP] = self.temp_cdegc()
         buf[_S_DEPTH] = self.depth_sensor_um()
+        buf[_S_TACH_COUNT] = self.tach_count()
+        buf[_S_TACH_US] = self._tach_t_l
+        buf[_S_CARTRIDGE] = 1 if self._cart.value() == 0 else 0
+        buf[_S_LID] = 1 if self._lid.value() == 0 else 0
 
     def motor_current_ma(self) -> int:  # tick, one conversion ~4 us (estimate)
         raw = self._adc_current.read_u16() - _CUR_RAW_ZERO

@@ -114,9 +114,9 @@ class Board(Plant):
         self._tick_host0 = 0
         self._mark_pending = [False, False]
         self._mark_host = [0, 0]
-        self._est = array("i", [0] * _PATHS)        # host us x16 per tick path (running mean)
+        self._est = array("i", [0] * _PATHS)        # host us x1024 per tick path (running mean)
         self._est_n = array("i", [0] * _PATHS)
-        self._est_all = 16                          # host us x16 over all ticks (prior of a new path)
+        self._est_all = 1024                        # host us x1024 over all ticks (prior of a new path)
         self._est_all_n = 0
         self._halted = False            # safe_stop ran: motor_drive and uv_set(True) do nothing
         self.interrupt_us = -1          # pen time the firmware last learned of Ctrl-C or a crash
@@ -280,7 +280,7 @@ class Board(Plant):
         self._in_tick = False
         flags = (tm != ctl.tm_count) + 2 * (ev_fault != ctl.ev_fault) + 4 * (ev_state != ctl.ev_state)
         est = self._estimate(before * 8 + flags, ticks_diff(host1, host0))
-        cost = est * self._factor // 16000
+        cost = est * self._factor // 1024000
         for which in (0, 1):
             if pending[which]:
                 # Board calls inside the tick: the measured part of the tick, never more
@@ -292,15 +292,19 @@ class Board(Plant):
         self._deadline_abs = start + ticks_diff(loop.deadline, start & self._ticks_mask)
 
     def _estimate(self, path, measured_us):
-        """Smoothed host cost (us x16) of a tick on `path`: running mean of the measured
-        costs, a sample above 4x the mean + 2 us rejected as a host hiccup."""
+        """Smoothed host cost (us x1024) of a tick on `path`: running mean of the measured
+        costs (the last 1024 weigh most), a sample above 4x the mean + 2 us rejected as a
+        host hiccup."""
         mean = self._est[path]
         count = self._est_n[path]
         if count == 0:
-            mean = self._est_all          # a new path starts from the mean of all ticks
-            count = 1
-        sample = measured_us * 16
-        if sample <= 4 * mean + 32:
+            # A path's first tick runs on cold host caches: it is charged the mean of all
+            # ticks, and the path's estimate starts from there.
+            self._est[path] = self._est_all
+            self._est_n[path] = 1
+            return self._est_all
+        sample = measured_us * 1024
+        if sample <= 4 * mean + 2048:
             if count < 1024:
                 count += 1
             mean += (sample - mean) // count

@@ -25,10 +25,14 @@ import sys
 import micropython
 from micropython import const
 
-from pen.codes import SAMPLE_BATTERY_MV as _S_BATTERY
-from pen.codes import SAMPLE_CURRENT_MA as _S_CURRENT
-from pen.codes import SAMPLE_DEPTH_UM as _S_DEPTH
-from pen.codes import SAMPLE_TEMP_CDEGC as _S_TEMP
+from pen.control import SAMPLE_BATTERY_MV as _S_BATTERY
+from pen.control import SAMPLE_CARTRIDGE as _S_CARTRIDGE
+from pen.control import SAMPLE_CURRENT_MA as _S_CURRENT
+from pen.control import SAMPLE_DEPTH_UM as _S_DEPTH
+from pen.control import SAMPLE_LID as _S_LID
+from pen.control import SAMPLE_TACH_COUNT as _S_TACH_COUNT
+from pen.control import SAMPLE_TACH_US as _S_TACH_US
+from pen.control import SAMPLE_TEMP_CDEGC as _S_TEMP
 
 STEP_US = const(1000)             # plant integration step
 _R_MOHM = const(1000)             # motor winding resistance
@@ -208,19 +212,18 @@ class Plant:
 
     @micropython.native
     def sample(self, buf):
-        if self._sampled_step != self.steps:
-            self._sampled_step = self.steps
-            buf[_S_CURRENT] = self.s_current_ma
-            buf[_S_BATTERY] = self.s_battery_mv
-            buf[_S_TEMP] = self.s_temp_cdegc
-            buf[_S_DEPTH] = self.s_depth_um
-            return
-        # A second reading in the same step: a new conversion of the same signals.
-        self._sample_sensors()
+        if self._sampled_step == self.steps:
+            # A second reading in the same step: a new conversion of the same signals.
+            self._sample_sensors()
+        self._sampled_step = self.steps
         buf[_S_CURRENT] = self.s_current_ma
         buf[_S_BATTERY] = self.s_battery_mv
         buf[_S_TEMP] = self.s_temp_cdegc
         buf[_S_DEPTH] = self.s_depth_um
+        buf[_S_TACH_COUNT] = self.tach
+        buf[_S_TACH_US] = self.tach_us & self._ticks_mask
+        buf[_S_CARTRIDGE] = 1 if self.cartridge is not None else 0
+        buf[_S_LID] = 1 if self.lid else 0
 
     def motor_current_ma(self):
         return self.s_current_ma

@@ -8,7 +8,6 @@ from . import limits as lim
 from . import ops, proto, wire
 from .compat import ticks_diff
 from .loop import ControlLoop
-from .phases import TACH_MASK, U_DONE
 from .records import Records
 from .store import Store, StoreError
 
@@ -54,7 +53,7 @@ class App:
         rec = self.rec
         rec.load()
         rec.close_interrupted()    # S14: sessions a power cut ended
-        self.ctl.boot(board.ticks_us(), board.uptime_ms(), rec.fault, c.READY if rec.unlocked else c.LOCKED)
+        self.ctl.boot(rec.fault, c.READY if rec.unlocked else c.LOCKED)
 
     # ---- clocks ----
 
@@ -73,7 +72,7 @@ class App:
         """Start the control loop on core 1 (run() does it; tests may step() directly)."""
         if not self.started:
             self.started = True
-            self.loop.begin(self.board.ticks_us())
+            self.loop.begin(self.board.ticks_us(), self.board.uptime_ms())
             self.board.start_control(self.loop)
 
     def command(self, cmd, a=0, b=0, c_=0):
@@ -107,7 +106,7 @@ class App:
         self.board.sync()
         if ctl.motor_on or ctl.uv_on or ctl.state == c.RUNNING:
             return False
-        return ctl.state != c.STERILISING or ctl.uv_phase == U_DONE
+        return ctl.state != c.STERILISING or ctl.uv_phase == c.U_DONE
 
     # ---- loop ----
 
@@ -243,7 +242,7 @@ class App:
         if self.session is not None:
             strokes = ctl.strokes
             if ctl.end_reason == c.END_NONE:
-                strokes = (self.board.tach_count() - ctl.session_tach_start) & TACH_MASK
+                strokes = (self.board.tach_count() - ctl.session_tach_start) & c.TACH_MASK
             self._session_ended(end, ctl.session_ms, strokes)
         self.rec.log_safely({"kind": "crash", "error": repr(exc)[:80], "t_ms": self.now_ms()})
 

@@ -13,9 +13,10 @@ import micropython
 from micropython import const
 
 from .compat import ticks_add, ticks_diff
-from .limits import LATE_BUCKET_US, LATE_BUCKETS, TICK_US
+from .limits import LATE_BUCKET_US, LATE_BUCKETS, MS_MASK, TICK_US
 
 _COUNT_MASK = const(0x3FFFFFFF)   # counters wrap below 2**30 (small ints on the RP2040)
+_TICK_MS = TICK_US // 1000        # the tick's elapsed-time unit
 
 
 class ControlLoop:
@@ -29,8 +30,10 @@ class ControlLoop:
         self.reset_req = 0         # core 0 bumps it to zero the statistics
         self._reset_ack = 0
 
-    def begin(self, now_us):
-        """Core 0, before the board starts core 1: the first period is one period from now."""
+    def begin(self, now_us, now_ms):
+        """Core 0, before the board starts core 1: pen time now (us on the board's clock,
+        ms since power-on); the first period is one period from now."""
+        self.ctl.now_ms = now_ms & MS_MASK
         self.deadline = ticks_add(now_us, TICK_US)  # type: ignore[arg-type]
         self.stop_req = False
         self.stopped = False
@@ -42,6 +45,7 @@ class ControlLoop:
         ctl = self.ctl
         deadline = self.deadline
         late = ticks_diff(start_us, deadline)
+        periods = 1
         if late >= TICK_US:
             # Whole periods missed: count them and run the latest one, never a burst.
             missed = late // TICK_US
@@ -49,6 +53,7 @@ class ControlLoop:
             ctl.overruns = overruns if overruns < _COUNT_MASK else _COUNT_MASK
             deadline = ticks_add(deadline, missed * TICK_US)  # type: ignore[arg-type]
             late -= missed * TICK_US
+            periods += missed
         elif late < 0:
             late = 0
         hist = self.late_hist
@@ -58,7 +63,7 @@ class ControlLoop:
         if bucket > LATE_BUCKETS:
             bucket = LATE_BUCKETS
         hist[bucket] += 1
-        ctl.tick(deadline)
+        ctl.tick(deadline, periods * _TICK_MS)
         self.ticks = (self.ticks + 1) & _COUNT_MASK
         self.deadline = ticks_add(deadline, TICK_US)  # type: ignore[arg-type] - from the previous deadline
         return deadline

@@ -6,54 +6,30 @@
 from array import array
 
 import micropython
-from micropython import const
 
-from .codes import (
+# pen.control imports this module after it defined these names (they are its vocabulary).
+from .control import (
     ABORT_LID_OPEN, ABORT_LOW_UV, ABORT_NONE, ABORT_TIMEOUT, ABORT_UV_LED_DEAD, ABORT_UV_SENSOR_HIGH,
-    ABORT_UV_SENSOR_STUCK, BOOT, END_CARTRIDGE_OUT, END_NONE, END_STOPPED, END_TIME_LIMIT, F_DEPTH_JAM,
-    F_HOMING, F_NONE, FAULT, LOCKED, RUNNING, SAMPLE_BATTERY_MV, SAMPLE_CURRENT_MA, SAMPLE_DEPTH_UM,
-    SAMPLE_FIELDS, SAMPLE_TEMP_CDEGC, STERILISING,
+    ABORT_UV_SENSOR_STUCK, BOOT, D_HOLD, D_HOMING, D_MOVING, D_SETTLING, END_CARTRIDGE_OUT, END_NONE,
+    END_STOPPED, END_TIME_LIMIT, F_DEPTH_JAM, F_HOMING, F_NONE, FAULT, LOCKED, M_DRIVE, M_OFF, M_POSITIONING,
+    M_RETRACT, RUNNING, SAMPLE_CARTRIDGE, SAMPLE_DEPTH_UM,
+    SAMPLE_FIELDS, SAMPLE_LID, STERILISING, TACH_MASK, U_DARK_AFTER, U_DARK_BEFORE, U_DONE, U_ON,
 )
 from .limits import (
     DEPTH_HOME_MAX_STEPS, DEPTH_JAM_TIMEOUT_MS, DEPTH_SETTLE_MS, DEPTH_TOL_UM, DEPTH_UM_PER_STEP,
     MOTOR_FF_MV_OFFSET, MOTOR_FF_MV_PER_HZ, MOTOR_FF_MV_PER_HZ_S_X10, SOFT_START_MS, TACH_TIMEOUT_PERIODS,
     TELEMETRY_RING, UV_DARK_MAX_PM, UV_DOSE_TARGET, UV_MAX_PM, UV_MIN_PM, UV_SETTLE_MS, UV_TIMEOUT_MS,
 )
-from .proto import (
-    TM_BATTERY_MV, TM_CURRENT_MA, TM_DEPTH_SET_UM, TM_DEPTH_UM, TM_DUTY_BP, TM_FAULTS, TM_FIELDS,
-    TM_HZ_CHZ, TM_HZ_SET_CHZ, TM_OVERRUNS, TM_STATE, TM_STROKES, TM_T_MS, TM_TEMP_CDEGC, TM_TICK_MAX_US,
-)
+from .proto import TM_FIELDS
 
-# Depth actuator phases.
-D_HOMING = const(0)
-D_MOVING = const(1)
-D_SETTLING = const(2)
-D_HOLD = const(3)
-
-# Motor phases within RUNNING.
-M_OFF = const(0)
-M_POSITIONING = const(1)
-M_DRIVE = const(2)
-M_RETRACT = const(3)
-
-# Sterilisation phases (S5, S12): dark check, UV on (settling, then dose), dark check again.
-U_DARK_BEFORE = const(0)
-U_ON = const(1)
-U_DARK_AFTER = const(2)
-U_DONE = const(3)
-
-# Tach edge counts wrap at 2**29 on the pen (a small int inside the hard IRQ): stroke
-# counts are differences modulo this.
-TACH_MASK = const(0x1FFFFFFF)
-_COUNT_MASK = const(0x3FFFFFFF)    # tm_count wraps below 2**30 (a multiple of TELEMETRY_RING)
 
 
 class Phases:
     def __init__(self, board):
         self.board = board
         # measured inputs, refreshed every tick; a second buffer for confirmation readings
-        self._samples = array("i", [0] * SAMPLE_FIELDS)
-        self._confirm = array("i", [0] * SAMPLE_FIELDS)
+        self._samples = [0] * SAMPLE_FIELDS
+        self._confirm = [0] * SAMPLE_FIELDS
         self.now_ms = 0            # pen time of the current tick, ms wrapped at MS_MASK
         self.faults = 0            # faults latched since boot
         # timing statistics of the control loop (pen.loop writes them, on core 1)
@@ -186,7 +162,7 @@ class Phases:
         phase = self.motor_phase
         if phase == M_POSITIONING:
             self.session_ms += dt_ms
-            if not board.cartridge_present():
+            if not self._samples[SAMPLE_CARTRIDGE]:
                 self._end_session(END_CARTRIDGE_OUT)
             elif self._stop_request:
                 self._end_session(END_STOPPED)
@@ -214,7 +190,6 @@ class Phases:
         self.strokes = (board.tach_count() - self.session_tach_start) & TACH_MASK   # strokes while driven
         self.motor_on = False
         self.duty_bp = 0
-        self.hz_ref_chz = 0
         self.end_reason = reason
         self.motor_phase = M_RETRACT
         self._move_depth(0)
@@ -236,7 +211,7 @@ class Phases:
         phase = self.uv_phase
         if phase == U_DONE:
             return                   # done; waiting for core 0 to persist the unlock
-        if not board.lid_closed():
+        if not self._samples[SAMPLE_LID]:
             self._abort_steril(ABORT_LID_OPEN)   # UV off within this tick
             return
         steril_ms = self.steril_ms + dt_ms
@@ -288,29 +263,3 @@ class Phases:
         self.state = LOCKED
         self.ev_state += 1
         self.ev_steril_abort += 1
-
-    # ---- telemetry ----
-
-    @micropython.native
-    def _telemetry_sample(self):
-        ring = self.tm_ring
-        base = (self.tm_count % TELEMETRY_RING) * TM_FIELDS
-        state = self.state
-        ring[base + TM_T_MS] = self.now_ms
-        ring[base + TM_STATE] = state
-        ring[base + TM_DEPTH_SET_UM] = self.depth_target_um
-        samples = self._samples
-        ring[base + TM_DEPTH_UM] = samples[SAMPLE_DEPTH_UM]
-        ring[base + TM_HZ_SET_CHZ] = self.hz_set_chz if state == RUNNING else 0
-        ring[base + TM_HZ_CHZ] = self.hz_chz
-        ring[base + TM_DUTY_BP] = self.duty_bp
-        ring[base + TM_CURRENT_MA] = samples[SAMPLE_CURRENT_MA]
-        ring[base + TM_TEMP_CDEGC] = samples[SAMPLE_TEMP_CDEGC]
-        ring[base + TM_BATTERY_MV] = samples[SAMPLE_BATTERY_MV]
-        if state == RUNNING and self.motor_on:
-            self.strokes = (self.board.tach_count() - self.session_tach_start) & TACH_MASK
-        ring[base + TM_STROKES] = self.strokes
-        ring[base + TM_FAULTS] = self.faults
-        ring[base + TM_OVERRUNS] = self.overruns
-        ring[base + TM_TICK_MAX_US] = self.tick_max_us
-        self.tm_count = (self.tm_count + 1) & _COUNT_MASK   # published after the sample is complete

@@ -5,7 +5,7 @@
 # Writes are refused unless the control core says the motor and the UV LED are off
 # (`may_write`): on the RP2040 a flash write stops both cores.
 from . import limits as lim
-from .codes import END_INTERRUPTED, END_NAMES, END_POWER_LOSS, F_INTERNAL, F_NONE, FAULT_NAMES
+from .control import END_INTERRUPTED, END_NAMES, END_POWER_LOSS, F_INTERNAL, F_NONE, FAULT_NAMES
 from .profiles import ProfileError, check_profile
 from .store import StoreError
 
