@@ -49,6 +49,9 @@ _SCHED_REFRESH_US = const(10000)  # ... measured from a mark refreshed at least 
 _SPIN_US = const(60)              # real clock: busy-wait the last part of a wait
 _WAKE_SLICE_US = const(150)       # real clock: check for host input at least this often
 _PATHS = const(768)               # tick path signatures (see _tick)
+_REF_EVERY = const(64)            # target: time the reference PI again every this many ticks ...
+_REF_CALLS = const(16)            # ... this many calls in a row
+_REF_WEIGHT = const(64)           # running mean over about this many batches
 
 
 def _readable(poller):
@@ -88,8 +91,12 @@ class Board(Plant):
         self.store_dir = "data"
         self._real = clock == "real"
         self._factor = 1000 if self._real else 0       # host us -> pen us, x1000
+        self._ref = None                               # target: the reference PI and its board
+        self._ref_mean = 0                             # its host cost, us x1024 (running mean)
+        self._ref_n = 0
+        self._ref_countdown = 0
         if clock == "target":
-            self._factor = calibrate_target_factor()
+            self._calibrate()
         self.clock_factor_x100 = self._factor // 10 if clock == "target" else 0
         self._ticks_mask = TICKS_PERIOD - 1
         origin = time_start_s * 1000000
@@ -114,8 +121,9 @@ class Board(Plant):
         self._tick_host0 = 0
         self._mark_pending = [False, False]
         self._mark_host = [0, 0]
-        self._est = array("i", [0] * _PATHS)        # host us x1024 per tick path (running mean)
-        self._est_n = array("i", [0] * _PATHS)
+        paths = _PATHS if self._factor else 1      # the fast clock charges nothing: no table
+        self._est = array("i", [0] * paths)         # host us x1024 per tick path (running mean)
+        self._est_n = array("H", [0] * paths)
         self._est_all = 1024                        # host us x1024 over all ticks (prior of a new path)
         self._est_all_n = 0
         self._halted = False            # safe_stop ran: motor_drive and uv_set(True) do nothing
@@ -279,8 +287,10 @@ class Board(Plant):
         host1 = ticks_us()
         self._in_tick = False
         flags = (tm != ctl.tm_count) + 2 * (ev_fault != ctl.ev_fault) + 4 * (ev_state != ctl.ev_state)
-        est = self._estimate(before * 8 + flags, ticks_diff(host1, host0))
-        cost = est * self._factor // 1024000
+        if self._factor:
+            cost = self._estimate(before * 8 + flags, ticks_diff(host1, host0)) * self._factor // 1024000
+        else:
+            cost = 0
         for which in (0, 1):
             if pending[which]:
                 # Board calls inside the tick: the measured part of the tick, never more
@@ -289,6 +299,10 @@ class Board(Plant):
                 self._stamp(which, start + (part if part < cost else cost))
         self._core1_free_us = start + cost
         loop.record_cost(cost)
+        if self._ref is not None:
+            self._ref_countdown -= 1
+            if self._ref_countdown <= 0:
+                self._recalibrate()
         self._deadline_abs = start + ticks_diff(loop.deadline, start & self._ticks_mask)
 
     def _estimate(self, path, measured_us):
@@ -314,6 +328,46 @@ class Board(Plant):
         self._est[path] = mean
         self._est_n[path] = count
         return mean
+
+    def _calibrate(self):
+        """Target clock: pen us per host us from the reference PI tick (boards/refpi.py),
+        which costs REF_TICK_TARGET_US on the pen. Timed at start-up (the median of several
+        batches), then again between ticks (_recalibrate), so both sides of the ratio are
+        measured under the same host conditions."""
+        from boards.refpi import ReferencePI, host_cost_us
+        board = Board(clock="fast", seed=11, world=False)   # its own plant, no rig, no output
+        pi = ReferencePI(board)
+        self._ref = (pi, board)
+        self._ref_mean = int(host_cost_us(pi, board) * 1024)
+        self._ref_n = _REF_WEIGHT // 4
+        self._ref_countdown = _REF_EVERY
+        self._factor = REF_TICK_TARGET_US * 1024000 // self._ref_mean
+
+    def _recalibrate(self):
+        pi, board = self._ref
+        board._plant_step()
+        tick = pi.tick
+        start = ticks_us()
+        for _ in range(_REF_CALLS):
+            tick()
+        spent = ticks_diff(ticks_us(), start)
+        start = ticks_us()
+        for _ in range(_REF_CALLS):
+            pass
+        spent -= ticks_diff(ticks_us(), start)          # the loop's own cost, as host_cost_us does
+        sample = spent * 1024 // _REF_CALLS
+        self._ref_countdown = _REF_EVERY
+        mean = self._ref_mean
+        if sample > 2 * mean + 2048:
+            return                        # a host hiccup, not the host's speed
+        if self._ref_n < _REF_WEIGHT:
+            self._ref_n += 1
+        mean += (sample - mean) // self._ref_n
+        if mean < 64:
+            mean = 64
+        self._ref_mean = mean
+        self._factor = REF_TICK_TARGET_US * 1024000 // mean
+        self.clock_factor_x100 = self._factor // 10
 
     def _mark(self, which):
         # Plant time stamps (motor commanded off, UV light off).
@@ -552,12 +606,3 @@ class Board(Plant):
                 handle.write(json.dumps(self.measure()))
         except Exception:
             pass
-
-
-def calibrate_target_factor():
-    """Host us -> pen us (x1000) for the target clock: the reference PI tick (boards/refpi.py)
-    timed on this host costs REF_TICK_TARGET_US of pen time."""
-    from boards.refpi import ReferencePI, host_cost_us
-    board = Board(clock="fast", seed=11, world=False)   # its own plant, no rig, no output
-    host_us = host_cost_us(ReferencePI(board), board)
-    return int(REF_TICK_TARGET_US * 1000 / host_us)

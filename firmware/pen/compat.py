@@ -14,7 +14,7 @@ _env_period = _getenv("PEN_TICKS_PERIOD") if _getenv is not None else None
 try:
     if _env_period:
         raise ImportError("PEN_TICKS_PERIOD set: use the Python arithmetic below")
-    from time import ticks_add, ticks_diff, ticks_us, sleep_us  # type: ignore[attr-defined]
+    from time import sleep_us, ticks_add, ticks_diff, ticks_us  # type: ignore[attr-defined]
     TICKS_PERIOD = ticks_add(0, -1) + 1
 except ImportError:  # CPython, or a test period: the same arithmetic as MicroPython's ticks
     import time as _time

@@ -139,15 +139,46 @@ TACH_MASK = const(0x1FFFFFFF)
 
 from .compat import ticks_diff  # noqa: E402
 from .limits import (  # noqa: E402
-    BATTERY_MIN_MV, DEPTH_TOL_UM, DUTY_MAX_BP, HZ_MAX, LOCKED_ROTOR_PCT, MOTOR_FF_MV_OFFSET,
-    MOTOR_FF_MV_PER_HZ, MOTOR_OFF_MAX_MA, MOTOR_OFF_SETTLE_MS, MOTOR_R_MOHM, MOTOR_SPINDOWN_MS, MS_MASK,
-    OVERCURRENT_MA, OVERTEMP_CDEGC, SOFT_START_MS, SPEED_KI_SHIFT, SPEED_KP_BP_PER_CHZ_X10, STALL_EMF_PCT,
-    STALL_MIN_MA, TACH_TIMEOUT_PERIODS, TELEMETRY_PERIOD_MS, TELEMETRY_RING,
+    BATTERY_MIN_MV,
+    DEPTH_TOL_UM,
+    DUTY_MAX_BP,
+    HZ_MAX,
+    LOCKED_ROTOR_PCT,
+    MOTOR_FF_MV_OFFSET,
+    MOTOR_FF_MV_PER_HZ,
+    MOTOR_OFF_MAX_MA,
+    MOTOR_OFF_SETTLE_MS,
+    MOTOR_R_MOHM,
+    MOTOR_SPINDOWN_MS,
+    MS_MASK,
+    OVERCURRENT_MA,
+    OVERTEMP_CDEGC,
+    SOFT_START_MS,
+    SPEED_KI_SHIFT,
+    SPEED_KP_BP_PER_CHZ_X10,
+    STALL_EMF_PCT,
+    STALL_MIN_MA,
+    TACH_TIMEOUT_PERIODS,
+    TELEMETRY_PERIOD_MS,
+    TELEMETRY_RING,
 )
 from .phases import Phases  # noqa: E402 - it imports the names above
 from .proto import (  # noqa: E402
-    TM_BATTERY_MV, TM_CURRENT_MA, TM_DEPTH_SET_UM, TM_DEPTH_UM, TM_DUTY_BP, TM_FAULTS, TM_FIELDS,
-    TM_HZ_CHZ, TM_HZ_SET_CHZ, TM_OVERRUNS, TM_STATE, TM_STROKES, TM_T_MS, TM_TEMP_CDEGC, TM_TICK_MAX_US,
+    TM_BATTERY_MV,
+    TM_CURRENT_MA,
+    TM_DEPTH_SET_UM,
+    TM_DEPTH_UM,
+    TM_DUTY_BP,
+    TM_FAULTS,
+    TM_FIELDS,
+    TM_HZ_CHZ,
+    TM_HZ_SET_CHZ,
+    TM_OVERRUNS,
+    TM_STATE,
+    TM_STROKES,
+    TM_T_MS,
+    TM_TEMP_CDEGC,
+    TM_TICK_MAX_US,
 )
 
 # The telemetry sample's field positions (pen.proto), unpacked once per sample.
@@ -201,6 +232,7 @@ class Controller(Phases):
         self._integ = 0
         self._drive_ms = 0         # time driven this session; stops counting once past the soft start
         self._tach_timeout_us = 1000000
+        self._current_alarm_ma = STALL_MIN_MA   # above it the tick checks the current closely
         self._ff_mv = 0
         self._ff_accel_mv = 0
         self._tach_last_count = board.tach_count()
@@ -277,7 +309,8 @@ class Controller(Phases):
             state = self.state
             if state != FAULT:
                 if self.motor_on:
-                    if current >= STALL_MIN_MA or (age >= _MIN_TACH_TIMEOUT_US and age >= self._tach_timeout_us):
+                    if current >= self._current_alarm_ma or (age >= _MIN_TACH_TIMEOUT_US
+                                                             and age >= self._tach_timeout_us):
                         self._motor_interlocks(current, battery, age)
                         state = self.state
                 elif current >= MOTOR_OFF_MAX_MA or edge:
@@ -371,6 +404,16 @@ class Controller(Phases):
         if duty != self.duty_bp:
             self.duty_bp = duty
             board.motor_drive(duty)
+            if drive_ms >= SOFT_START_MS:
+                # The lowest current that can be a fault at this voltage: what a rotor with
+                # less than STALL_EMF_PCT back-EMF draws, or the over-current limit. The tick
+                # looks closer only above it (_motor_interlocks).
+                alarm = battery * duty // 10000 * (100 - STALL_EMF_PCT) * 10 // MOTOR_R_MOHM
+                if alarm > OVERCURRENT_MA:
+                    alarm = OVERCURRENT_MA
+                elif alarm < STALL_MIN_MA:
+                    alarm = STALL_MIN_MA
+                self._current_alarm_ma = alarm
 
     @micropython.native
     def _telemetry_sample(self):
@@ -401,7 +444,6 @@ class Controller(Phases):
 
     # ---- interlocks (rare paths of the tick) ----
 
-    @micropython.native
     def _motor_interlocks(self, current, battery, age):
         applied_mv = battery * self.duty_bp // 10000
         if current >= STALL_MIN_MA:
@@ -421,7 +463,6 @@ class Controller(Phases):
             else:
                 self.fault_now(F_TACH_LOSS)
 
-    @micropython.native
     def _current_fault(self, current, applied_mv):
         """The fault a motor current reading shows while driven (F_NONE: none). Over the
         limit is a fault whatever its cause; it is named STALL when the reading is what a
@@ -439,7 +480,6 @@ class Controller(Phases):
             return F_OVERCURRENT if self._drive_ms > SOFT_START_MS else F_STALL
         return F_NONE
 
-    @micropython.native
     def _motor_off_check(self, now_ms, current, edge):
         # Commanded off: no current once it had time to decay, no strokes after spin-down.
         off_ms = ms_since(now_ms, self._off_at_ms)
@@ -452,21 +492,18 @@ class Controller(Phases):
             if confirm[SAMPLE_CURRENT_MA] >= MOTOR_OFF_MAX_MA:
                 self.fault_now(F_MOTOR_STUCK_ON)
 
-    @micropython.native
     def _confirm_temp(self):
         confirm = self._confirm
         self.board.sample(confirm)
         if confirm[SAMPLE_TEMP_CDEGC] >= OVERTEMP_CDEGC:
             self.fault_now(F_OVERTEMP)
 
-    @micropython.native
     def _confirm_battery(self):
         confirm = self._confirm
         self.board.sample(confirm)
         if confirm[SAMPLE_BATTERY_MV] < BATTERY_MIN_MV:
             self.fault_now(F_LOW_BATTERY)
 
-    @micropython.native
     def _confirm_depth(self):
         confirm = self._confirm
         self.board.sample(confirm)
@@ -477,7 +514,6 @@ class Controller(Phases):
         elif error < -DEPTH_TOL_UM and first < 0:
             self.fault_now(F_DEPTH_DEVIATION)
 
-    @micropython.native
     def fault_now(self, cause):
         board = self.board
         board.motor_coast()     # first: power off

@@ -9,19 +9,64 @@ import micropython
 
 # pen.control imports this module after it defined these names (they are its vocabulary).
 from .control import (
-    ABORT_LID_OPEN, ABORT_LOW_UV, ABORT_NONE, ABORT_TIMEOUT, ABORT_UV_LED_DEAD, ABORT_UV_SENSOR_HIGH,
-    ABORT_UV_SENSOR_STUCK, BOOT, D_HOLD, D_HOMING, D_MOVING, D_SETTLING, END_CARTRIDGE_OUT, END_NONE,
-    END_STOPPED, END_TIME_LIMIT, F_DEPTH_JAM, F_HOMING, F_NONE, FAULT, LOCKED, M_DRIVE, M_OFF, M_POSITIONING,
-    M_RETRACT, RUNNING, SAMPLE_CARTRIDGE, SAMPLE_DEPTH_UM,
-    SAMPLE_FIELDS, SAMPLE_LID, STERILISING, TACH_MASK, U_DARK_AFTER, U_DARK_BEFORE, U_DONE, U_ON,
+    ABORT_LID_OPEN,
+    ABORT_LOW_UV,
+    ABORT_NONE,
+    ABORT_TIMEOUT,
+    ABORT_UV_LED_DEAD,
+    ABORT_UV_SENSOR_HIGH,
+    ABORT_UV_SENSOR_STUCK,
+    BOOT,
+    D_HOLD,
+    D_HOMING,
+    D_MOVING,
+    D_SETTLING,
+    END_CARTRIDGE_OUT,
+    END_NONE,
+    END_STOPPED,
+    END_TIME_LIMIT,
+    F_DEPTH_JAM,
+    F_HOMING,
+    F_NONE,
+    FAULT,
+    LOCKED,
+    M_DRIVE,
+    M_OFF,
+    M_POSITIONING,
+    M_RETRACT,
+    RUNNING,
+    SAMPLE_CARTRIDGE,
+    SAMPLE_DEPTH_UM,
+    SAMPLE_FIELDS,
+    SAMPLE_LID,
+    STERILISING,
+    TACH_MASK,
+    U_DARK_AFTER,
+    U_DARK_BEFORE,
+    U_DONE,
+    U_ON,
 )
 from .limits import (
-    DEPTH_HOME_MAX_STEPS, DEPTH_JAM_TIMEOUT_MS, DEPTH_SETTLE_MS, DEPTH_TOL_UM, DEPTH_UM_PER_STEP,
-    MOTOR_FF_MV_OFFSET, MOTOR_FF_MV_PER_HZ, MOTOR_FF_MV_PER_HZ_S_X10, SOFT_START_MS, TACH_TIMEOUT_PERIODS,
-    TELEMETRY_RING, UV_DARK_MAX_PM, UV_DOSE_TARGET, UV_MAX_PM, UV_MIN_PM, UV_SETTLE_MS, UV_TIMEOUT_MS,
+    DEPTH_HOME_MAX_STEPS,
+    DEPTH_JAM_TIMEOUT_MS,
+    DEPTH_SETTLE_MS,
+    DEPTH_TOL_UM,
+    DEPTH_UM_PER_STEP,
+    MOTOR_FF_MV_OFFSET,
+    MOTOR_FF_MV_PER_HZ,
+    MOTOR_FF_MV_PER_HZ_S_X10,
+    SOFT_START_MS,
+    STALL_MIN_MA,
+    TACH_TIMEOUT_PERIODS,
+    TELEMETRY_RING,
+    UV_DARK_MAX_PM,
+    UV_DOSE_TARGET,
+    UV_MAX_PM,
+    UV_MIN_PM,
+    UV_SETTLE_MS,
+    UV_TIMEOUT_MS,
 )
 from .proto import TM_FIELDS
-
 
 
 class Phases:
@@ -83,7 +128,6 @@ class Phases:
         self._depth_ms = 0
         self._depth_good_ms = 0
 
-    @micropython.native
     def _depth_tick(self, board, dt_ms):
         # Homing, moving and settling (the held phase is checked in tick()).
         phase = self.depth_phase
@@ -156,7 +200,6 @@ class Phases:
         self.state = RUNNING
         self.ev_state += 1
 
-    @micropython.native
     def _running_tick(self, board, now_us, dt_ms):
         # Positioning and retraction phases of a session (driving is in tick()).
         phase = self.motor_phase
@@ -174,6 +217,7 @@ class Phases:
                 self._integ = 0
                 self._tach_last_us = now_us      # the tach timeout counts from the drive start
                 self._edge_age_us = 0
+                self._current_alarm_ma = STALL_MIN_MA   # the soft start: every current above this is looked at
                 self.motor_on = True
         elif phase == M_RETRACT:
             if self.depth_phase == D_HOLD and self.depth_target_um == 0:

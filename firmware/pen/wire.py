@@ -72,14 +72,21 @@ _CONTROL_ESCAPES = ("\\u00", "\\b", "\\f", "\\n", "\\r", "\\t")
 
 def _canonical(value):
     """`value` with every dict replaced by an OrderedDict in sorted key order, so one
-    json.dumps call (C code on MicroPython) gives the canonical text."""
+    json.dumps call (C code on MicroPython) gives the canonical text. Scalars are checked
+    inline (a call per value would cost more than the rest: the pen's CPU answers `info`
+    within its budget because of it)."""
     kind = type(value)
     if kind is dict:
         ordered = OrderedDict()
         for key in sorted(value):
             if type(key) is not str:
                 raise TypeError("frame keys must be str")
-            ordered[key] = _canonical(value[key])
+            item = value[key]
+            item_kind = type(item)
+            if item_kind is int or item_kind is str or item_kind is bool or item is None:
+                ordered[key] = item
+            else:
+                ordered[key] = _canonical(item)
         return ordered
     if kind is list or kind is tuple:
         for item in value:
