@@ -1,5 +1,5 @@
-# MicroPython script (unix port): control tick cost next to a reference
-# 20-line PI tick in the same process, allocations in the tick, and heap use.
+# MicroPython script (unix port): control tick cost next to the reference 20-line PI tick
+# (boards/refpi.py) in the same process, allocations in core 1's loop, and heap use.
 # Usage: micropython -X heapsize=192K tools/bench_tick.py [ROUNDS]
 # Prints one JSON object.
 import gc
@@ -12,56 +12,20 @@ import micropython
 sys.path.insert(0, "tests/fw")
 sys.path.insert(0, "firmware")
 
-from fwtest import Pen  # noqa: E402
+import penfix  # noqa: E402
+from boards.refpi import ReferencePI  # noqa: E402
+from boards.sim import Board  # noqa: E402
 
 ROUNDS = int(sys.argv[1]) if len(sys.argv) > 1 else 5
 TICKS = 5000
 
 
-class ReferencePI:
-    """A plain 20-line integer PI speed tick: the baseline for the tick budget."""
-
-    def __init__(self, board):
-        self.board = board
-        self.integ = 0
-        self.last_count = 0
-        self.last_us = 0
-        self.hz = 0
-        self.target = 10000
-
-    def tick(self):
-        board = self.board
-        count = board.tach_count()
-        if count != self.last_count:
-            edge = board.tach_edge_us()
-            period = time.ticks_diff(edge, self.last_us)
-            if period > 0:
-                self.hz = 100000000 * (count - self.last_count) // period
-            self.last_count = count
-            self.last_us = edge
-        error = self.target - self.hz
-        self.integ += error
-        if self.integ > 100000:
-            self.integ = 100000
-        elif self.integ < -100000:
-            self.integ = -100000
-        duty = 4000 + error // 5 + (self.integ >> 7)
-        if duty > 9500:
-            duty = 9500
-        elif duty < 0:
-            duty = 0
-        board.motor_drive(duty)
-
-
 def running_pen():
-    pen = Pen(seed=7)
-    pen.boot()
-    pen.push_profile(stroke_hz=100, max_session_s=1800)
-    pen.sterilise()
-    pen.insert("BE7C000100000000")
+    pen = penfix.ready_pen(stroke_hz=100, max_session_s=1800, cartridge="BE7C000000000001")
     assert pen.request("session_start")["ok"]
     pen.run_until(lambda: pen.ctl.motor_on, 3000)
     pen.run_ms(500)
+    pen.board.stop_control()             # this script is core 1's scheduler now
     return pen
 
 
@@ -84,33 +48,34 @@ def median(values):
 def main():
     gc.collect()
     pen = running_pen()
-    ctl = pen.ctl
+    loop = pen.app.loop
     board = pen.board
-    from boards.sim import Board
-    ref_board = Board(clock="fast", seed=11)   # its own plant: the two loops must not fight
+
+    def period():                          # what core 1 runs each period
+        loop.run_tick(loop.deadline)
+
+    ref_board = Board(clock="fast", seed=11, world=False)   # its own plant: the two loops must not fight
     ref = ReferencePI(ref_board)
     # Rounds alternate between the two ticks, so load on the machine hits both alike.
     tick_samples = []
     ref_samples = []
     for _ in range(ROUNDS):
-        tick_samples.append(time_ticks(ctl.tick, board, TICKS))
+        tick_samples.append(time_ticks(period, board, TICKS))
         ref_samples.append(time_ticks(ref.tick, ref_board, TICKS))
     ratios = [tick_samples[i] / ref_samples[i] for i in range(ROUNDS)]
-    tick_us = median(tick_samples)
-    ref_us = median(ref_samples)
-    # Allocations: run the tick under heap_lock; any allocation raises MemoryError.
+    # Allocations: core 1's loop under heap_lock; any allocation raises MemoryError.
     allocating = 0
     micropython.heap_lock()
     try:
         for _ in range(TICKS):
             board._plant_step()
-            ctl.tick()
+            loop.run_tick(loop.deadline)
     except MemoryError:
         allocating = 1
     finally:
         micropython.heap_unlock()
     gc.collect()
-    print(json.dumps({"tick_us": tick_us, "ref_us": ref_us, "ratio": median(ratios),
+    print(json.dumps({"tick_us": median(tick_samples), "ref_us": median(ref_samples), "ratio": median(ratios),
                       "rounds": ROUNDS, "ticks_per_round": TICKS, "tick_allocates": allocating,
                       "state": pen.state(), "heap_free": gc.mem_free(), "heap_alloc": gc.mem_alloc()}))
 

@@ -3,6 +3,8 @@
 # (pen.loop, pen.control); this side talks to it only through the command mailbox and
 # reads what it publishes (event counters, the telemetry ring) after board.sync().
 # Platform-agnostic: it receives the board. Request handlers are in pen.ops.
+import gc
+
 from . import control as c
 from . import limits as lim
 from . import ops, proto, wire
@@ -14,6 +16,8 @@ from .store import Store, StoreError
 _IDLE_US = 1000            # core 0 waits at most this long for input between passes
 _RETRACT_MAX_MS = 1500     # S9: needles at the end-stop within 1.5 s after Ctrl-C or a crash
 _MS_HALF = 1 << 29
+_GC_FREE_MIN = 40 * 1024   # collect while idle below this much free heap, not in the middle of a request
+_mem_free = getattr(gc, "mem_free", None)   # MicroPython's (CPython tests have none)
 
 
 class App:
@@ -135,6 +139,8 @@ class App:
             self._wd_ticks = ticks
             board.watchdog_feed()
         if not busy:
+            if _mem_free is not None and _mem_free() < _GC_FREE_MIN:
+                gc.collect()
             board.idle(_IDLE_US, True)       # returns early on console input
 
     # ---- core 1 -> core 0 ----

@@ -128,6 +128,7 @@ class Phases:
         self._depth_ms = 0
         self._depth_good_ms = 0
 
+    @micropython.native
     def _depth_tick(self, board, dt_ms):
         # Homing, moving and settling (the held phase is checked in tick()).
         phase = self.depth_phase
@@ -200,6 +201,7 @@ class Phases:
         self.state = RUNNING
         self.ev_state += 1
 
+    @micropython.native
     def _running_tick(self, board, now_us, dt_ms):
         # Positioning and retraction phases of a session (driving is in tick()).
         phase = self.motor_phase
