@@ -68,9 +68,9 @@ def _rmtree(path):
 class Pen:
     """A virtual pen on the fast clock, driven tick by tick from a test."""
 
-    def __init__(self, folder=None, seed=12345):
+    def __init__(self, folder=None, seed=12345, time_start_s=0):
         self.folder = folder or fresh_dir("t")
-        self.power_on(seed)
+        self.power_on(seed, time_start_s=time_start_s)
 
     def power_on(self, seed=12345, clock="fast", time_start_s=0):
         self.out = _NullOut()
@@ -131,6 +131,12 @@ class Pen:
                                                      "max_session_s": max_session_s})
         assert reply["ok"], reply
         assert self.request("profile_use", name=name)["ok"]
+
+    def take_events(self, kind=None):
+        """The events written so far (of `kind`), and forget every frame written so far."""
+        found = self.events(kind)
+        self.out.frames = []
+        return found
 
     def events(self, kind=None):
         from pen import wire
