@@ -295,8 +295,11 @@ class Board:
             count += 1
         return count
 
-    def write_out(self, data) -> None:  # core 0: may block up to 500 ms per 64-byte chunk (rp2)
-        self._out.write(data)
+    def write_out(self, data) -> int:  # core 0: may block up to 500 ms per 64-byte chunk (rp2)
+        # rp2's stdout write returns what went into the USB FIFO: less when the host
+        # stopped reading and a chunk waited 500 ms in vain (the rest is dropped).
+        written = self._out.write(data)
+        return len(data) if written is None else written
 
     def out_room(self) -> int:  # core 0
         # rp2 reports POLLOUT while the CDC FIFO has any room at all (the exact count is

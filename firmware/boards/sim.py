@@ -126,8 +126,8 @@ class Board(Plant):
         self._core1_free_us = origin    # core 1 is busy with a tick until then
         self._in_tick = False
         self._tick_host0 = 0
-        self._mark_pending = [False, False]
-        self._mark_host = [0, 0]
+        self._mark_pending = [False, False, False]
+        self._mark_host = [0, 0, 0]
         paths = _PATHS if self._factor else 1      # the fast clock charges nothing: no table
         self._est = array("i", [0] * paths)         # host us x1024 per tick path (running mean)
         self._est_n = array("H", [0] * paths)
@@ -288,6 +288,7 @@ class Board(Plant):
         pending = self._mark_pending
         pending[0] = False
         pending[1] = False
+        pending[2] = False
         self._in_tick = True
         host0 = ticks_us()
         loop.run_tick(start & self._ticks_mask)
@@ -298,7 +299,7 @@ class Board(Plant):
             cost = self._estimate(before * 8 + flags, ticks_diff(host1, host0)) * self._factor // 1024000
         else:
             cost = 0
-        for which in (0, 1):
+        for which in (0, 1, 2):
             if pending[which]:
                 # Board calls inside the tick: the measured part of the tick, never more
                 # than the path's estimate.
@@ -372,7 +373,7 @@ class Board(Plant):
         self.clock_factor_x100 = self._factor // 10
 
     def _mark(self, which):
-        # Plant time stamps (motor commanded off, UV light off).
+        # Plant time stamps (motor commanded off, UV light off, UV commanded off).
         if self._in_tick:
             self._mark_host[which] = ticks_us()
             self._mark_pending[which] = True
@@ -382,8 +383,10 @@ class Board(Plant):
     def _stamp(self, which, t_us):
         if which == 0:
             self.motor_off_us = t_us
-        else:
+        elif which == 1:
             self.uv_off_us = t_us
+        else:
+            self.uv_cmd_off_us = t_us
 
     # ---- board interface: clock and the cores ----
 
@@ -478,7 +481,7 @@ class Board(Plant):
     def write_out(self, data):
         """Write to the host like rp2's USB-CDC: in 64-byte chunks, each waiting up to
         500 ms of pen time for room in the FIFO (core 0 blocks; core 1 keeps ticking),
-        then the rest is dropped."""
+        then the rest is dropped. Returns the bytes written."""
         self._enter()
         size = len(data)
         done = 0
@@ -500,6 +503,7 @@ class Board(Plant):
             done += chunk
         self._drain_out()
         self._leave()
+        return done
 
     # ---- other core-0 calls ----
 

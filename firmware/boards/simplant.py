@@ -7,7 +7,8 @@
 # from pen/limits.py, so a wrong firmware constant shows in tests):
 # - stroke motor: DC motor, R = 1.0 ohm, back-EMF 13.5 mV/Hz, load current 100 mA +
 #   1.5 mA/Hz with +-3 % skin-contact noise; speed follows the current surplus (tau ~33
-#   ms); one tach edge per stroke, timestamped within the step. The current sense (like
+#   ms); a coasting rotor below 0.5 Hz stops; one tach edge per stroke, timestamped
+#   within the step. The current sense (like
 #   the pen's INA240 into a 3.3 V ADC) reads at most 3300 mA.
 # - handpiece temperature: first order towards 30 degC + 2 cdegC per mA, tau 60 s.
 # - battery: 1S Li-ion, 3950 mV open circuit, 1 mV less per mAh drawn, 150 mohm.
@@ -41,6 +42,7 @@ _LOAD_BASE_MA = const(100)
 _LOAD_MA_PER_HZ_X10 = const(15)
 _ACCEL_MHZ_PER_MA = const(2)      # speed change per ms per mA of surplus current
 _PHASE_PER_STROKE = const(1000000000)   # mHz * us per stroke
+_STICTION_MHZ = const(500)        # a coasting rotor slower than this stops
 _ADC_CURRENT_FS_MA = const(3300)  # current sense full scale
 _AMBIENT_CC = const(3000)
 _THERMAL_TAU_MS = const(60000)
@@ -54,7 +56,8 @@ _UV_STUCK_PM = const(825)         # a stuck sensor (or switch) reads mid-scale: 
 _STUCK_DUTY_BP = const(5000)      # a driver stuck on with the motor off drives it at half duty
 _TACH_MASK = const(0x1FFFFFFF)    # the pen's tach counter wraps at 2**29
 _OFF = const(0)                   # time stamps (Board._mark): motor commanded off ...
-_UV_OFF = const(1)                # ... UV LED light off
+_UV_OFF = const(1)                # ... UV light off ...
+_UV_CMD_OFF = const(2)            # ... UV LED commanded off
 
 
 class Plant:
@@ -81,6 +84,7 @@ class Plant:
         # dock / UV / cartridge
         self.uv_led = False
         self.uv_off_us = -1            # pen time the UV light last went off
+        self.uv_cmd_off_us = -1        # pen time the firmware last commanded the UV LED off
         self.lamp_on_ms = 0
         self.cartridge = None
         self.cartridge_used = False    # the cartridge's own write-once "used" mark (S19)
@@ -138,8 +142,8 @@ class Plant:
             if speed < 5000:
                 load = load * speed // 5000   # static friction fades in from rest
             speed += (current - load) * _ACCEL_MHZ_PER_MA
-            if speed < 0:
-                speed = 0
+            if speed < 0 or (speed < _STICTION_MHZ and not current):
+                speed = 0               # coasting below 0.5 Hz: static friction holds the rotor
         elif not self.inj_stall:
             speed += current * _ACCEL_MHZ_PER_MA
         self.speed_mhz = speed
@@ -255,8 +259,10 @@ class Plant:
 
     def uv_set(self, on):
         on = bool(on) and not self._halted
-        if self.uv_led and not on and self._uv_light():
-            self._mark(_UV_OFF)
+        if self.uv_led and not on:
+            self._mark(_UV_CMD_OFF)
+            if self._uv_light():
+                self._mark(_UV_OFF)
         self.uv_led = on
 
     def uv_intensity_pm(self):
@@ -329,6 +335,8 @@ class Plant:
             "battery_mv": self.battery_mv_now,
             "uv_on": self._uv_light(),
             "uv_off_us": self.uv_off_us,
+            "uv_cmd_off_us": self.uv_cmd_off_us,
+            "tach_us": self.tach_us,
             "lid_closed": self.lid,
             "cartridge": self.cartridge,
             "cartridge_used": self.cartridge_used,

@@ -34,7 +34,8 @@ class App:
         self.rx_overflow = False
         self.rx_start_us = 0       # pen time the request being received started
         self.rx_errors = 0
-        self.tx_errors = 0
+        self.tx_errors = 0         # frames the host could not take whole (or could not be encoded)
+        self.tx_cut = False        # the last write was cut short
         self.event_seq = 0
         self.started = False
         self.control_ok = True     # False once core 1 failed to acknowledge a command
@@ -255,7 +256,15 @@ class App:
     # ---- wire ----
 
     def send(self, frame):
-        self.board.write_out(frame)        # may block core 0 (never core 1)
+        # May block core 0 (never core 1). A write the USB link gave up on (the host stopped
+        # reading) left part of a frame: the next one starts on a fresh line, so the host
+        # loses that line only.
+        if self.tx_cut:
+            frame = b"\n" + frame
+        written = self.board.write_out(frame)
+        self.tx_cut = written < len(frame)
+        if self.tx_cut:
+            self.tx_errors += 1
 
     def event(self, body):
         try:

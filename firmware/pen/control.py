@@ -264,6 +264,14 @@ class Controller(Phases):
             self.state = FAULT
             self.fault = fault_cause
 
+    def start_clock(self, now_ms):
+        """Pen time (ms since power-on) when the control loop starts. The motor counts as
+        commanded off from now: a rotor still coasting from before a reset gets its
+        spin-down time."""
+        self.now_ms = now_ms & MS_MASK
+        self._off_at_ms = self.now_ms
+        self._pi_at_ms = self.now_ms
+
     # ---- the tick (core 1) ----
 
     @micropython.native
@@ -616,6 +624,7 @@ class Controller(Phases):
                 else:
                     detail = self.fault
                     self.fault = F_NONE
+                    self._off_at_ms = self.now_ms   # a rotor still coasting gets its spin-down time
                     self._start_homing(a)      # BOOT checks again (docs/design.md §2.2)
         elif cmd == CMD_FAULT:
             self.fault_now(a)

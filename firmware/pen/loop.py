@@ -13,7 +13,7 @@ import micropython
 from micropython import const
 
 from .compat import ticks_add, ticks_diff
-from .limits import LATE_BUCKET_US, LATE_BUCKETS, MS_MASK, TICK_US
+from .limits import LATE_BUCKET_US, LATE_BUCKETS, TICK_US
 
 _COUNT_MASK = const(0x3FFFFFFF)   # counters wrap below 2**30 (small ints on the RP2040)
 _TICK_MS = TICK_US // 1000        # the tick's elapsed-time unit
@@ -33,7 +33,7 @@ class ControlLoop:
     def begin(self, now_us, now_ms):
         """Core 0, before the board starts core 1: pen time now (us on the board's clock,
         ms since power-on); the first period is one period from now."""
-        self.ctl.now_ms = now_ms & MS_MASK
+        self.ctl.start_clock(now_ms)
         self.deadline = ticks_add(now_us, TICK_US)  # type: ignore[arg-type]
         self.stop_req = False
         self.stopped = False
