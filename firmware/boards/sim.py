@@ -126,8 +126,8 @@ class Board(Plant):
         self._core1_free_us = origin    # core 1 is busy with a tick until then
         self._in_tick = False
         self._tick_host0 = 0
-        self._mark_pending = [False, False, False]
-        self._mark_host = [0, 0, 0]
+        self._mark_pending = [False, False, False, False]
+        self._mark_host = [0, 0, 0, 0]
         paths = _PATHS if self._factor else 1      # the fast clock charges nothing: no table
         self._est = array("i", [0] * paths)         # host us x1024 per tick path (running mean)
         self._est_n = array("H", [0] * paths)
@@ -289,6 +289,7 @@ class Board(Plant):
         pending[0] = False
         pending[1] = False
         pending[2] = False
+        pending[3] = False
         self._in_tick = True
         host0 = ticks_us()
         loop.run_tick(start & self._ticks_mask)
@@ -299,7 +300,7 @@ class Board(Plant):
             cost = self._estimate(before * 8 + flags, ticks_diff(host1, host0)) * self._factor // 1024000
         else:
             cost = 0
-        for which in (0, 1, 2):
+        for which in (0, 1, 2, 3):
             if pending[which]:
                 # Board calls inside the tick: the measured part of the tick, never more
                 # than the path's estimate.
@@ -373,7 +374,8 @@ class Board(Plant):
         self.clock_factor_x100 = self._factor // 10
 
     def _mark(self, which):
-        # Plant time stamps (motor commanded off, UV light off, UV commanded off).
+        # Plant time stamps (motor commanded off, UV light off, UV commanded off, carriage
+        # back at the end-stop).
         if self._in_tick:
             self._mark_host[which] = ticks_us()
             self._mark_pending[which] = True
@@ -385,8 +387,10 @@ class Board(Plant):
             self.motor_off_us = t_us
         elif which == 1:
             self.uv_off_us = t_us
-        else:
+        elif which == 2:
             self.uv_cmd_off_us = t_us
+        else:
+            self.endstop_us = t_us
 
     # ---- board interface: clock and the cores ----
 

@@ -57,7 +57,8 @@ _STUCK_DUTY_BP = const(5000)      # a driver stuck on with the motor off drives 
 _TACH_MASK = const(0x1FFFFFFF)    # the pen's tach counter wraps at 2**29
 _OFF = const(0)                   # time stamps (Board._mark): motor commanded off ...
 _UV_OFF = const(1)                # ... UV light off ...
-_UV_CMD_OFF = const(2)            # ... UV LED commanded off
+_UV_CMD_OFF = const(2)            # ... UV LED commanded off ...
+_AT_ENDSTOP = const(3)            # ... needle carriage back at the end-stop
 
 
 class Plant:
@@ -85,6 +86,7 @@ class Plant:
         self.uv_led = False
         self.uv_off_us = -1            # pen time the UV light last went off
         self.uv_cmd_off_us = -1        # pen time the firmware last commanded the UV LED off
+        self.endstop_us = -1           # pen time the carriage last came back to the end-stop
         self.lamp_on_ms = 0
         self.cartridge = None
         self.cartridge_used = False    # the cartridge's own write-once "used" mark (S19)
@@ -242,8 +244,10 @@ class Plant:
         if self.inj_depth_jam:
             return                      # steps lost: the carriage does not follow
         position = self.carriage_um + direction * _DEPTH_UM_PER_STEP
-        if position < 0:
+        if position <= 0:
             position = 0                # hard stop at the end-stop
+            if self.carriage_um > 0:
+                self._mark(_AT_ENDSTOP)
         elif position > _DEPTH_TRAVEL_UM:
             position = _DEPTH_TRAVEL_UM
         self.carriage_um = position
@@ -337,6 +341,7 @@ class Plant:
             "uv_off_us": self.uv_off_us,
             "uv_cmd_off_us": self.uv_cmd_off_us,
             "tach_us": self.tach_us,
+            "endstop_us": self.endstop_us,
             "lid_closed": self.lid,
             "cartridge": self.cartridge,
             "cartridge_used": self.cartridge_used,

@@ -300,7 +300,7 @@ def op_session_start(app, body):
         entry["end"] = "NOT_STARTED"
         rec.log_safely(entry)
         raise
-    entry["start_ms"] = app.now_ms()
+    entry["start_ms"] = app.full_ms(app.ctl.session_start_ms)   # when core 1 started it (S8 counts from here)
     return {"session": entry["id"], "profile": profile["name"], "cartridge": cart, "t_ms": entry["start_ms"]}
 
 

@@ -97,6 +97,7 @@ class Phases:
         # session
         self.motor_phase = M_OFF
         self.session_ms = 0
+        self.session_start_ms = 0  # pen time (wrapped ms) the session started
         self.session_max_ms = 0
         self.end_reason = END_NONE
         self.end_fault = F_NONE    # a fault that hit the session's end or its retraction
@@ -191,6 +192,7 @@ class Phases:
         self._ff_accel_mv = hz * 100 * 10 // SOFT_START_MS * MOTOR_FF_MV_PER_HZ_S_X10 // 10
         self.session_max_ms = max_s * 1000
         self.session_ms = 0
+        self.session_start_ms = self.now_ms
         self.end_reason = END_NONE
         self.end_fault = F_NONE
         self._stop_request = False
