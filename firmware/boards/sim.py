@@ -49,6 +49,7 @@ _SCHED_REFRESH_US = const(10000)  # ... measured from a mark refreshed at least 
 _SPIN_US = const(60)              # real clock: busy-wait the last part of a wait
 _WAKE_SLICE_US = const(150)       # real clock: check for host input at least this often
 _PATHS = const(768)               # tick path signatures (see _tick)
+_Q = const(1 << 20)               # fixed point of the host-cost means (host us * _Q)
 _REF_EVERY = const(8)             # target: time one reference PI tick every this many ticks ...
 _REF_WEIGHT = const(1024)         # ... into a running mean over about this many
 
@@ -99,7 +100,7 @@ class Board(Plant):
         self._real = clock == "real"
         self._factor = 1000 if self._real else 0       # host us -> pen us, x1000
         self._ref = None                               # target: the reference PI and its board
-        self._ref_mean = 0                             # its host cost, us x1024 (running mean)
+        self._ref_mean = 0                             # its host cost, us * _Q (running mean)
         self._ref_n = 0
         self._ref_countdown = 0
         if clock == "target":
@@ -129,9 +130,11 @@ class Board(Plant):
         self._mark_pending = [False, False, False, False]
         self._mark_host = [0, 0, 0, 0]
         paths = _PATHS if self._factor else 1      # the fast clock charges nothing: no table
-        self._est = array("i", [0] * paths)         # host us x1024 per tick path (running mean)
+        # Running means in host us * 2**20 (fine enough that integer steps do not bias them:
+        # a tick measures 1 or 2 us in whole us).
+        self._est = [0] * paths                     # per tick path
         self._est_n = array("H", [0] * paths)
-        self._est_all = 1024                        # host us x1024 over all ticks (prior of a new path)
+        self._est_all = _Q                          # over all ticks (the prior of a new path)
         self._est_all_n = 0
         self._halted = False            # safe_stop ran: motor_drive and uv_set(True) do nothing
         self.interrupt_us = -1          # pen time the firmware last learned of Ctrl-C or a crash
@@ -297,7 +300,7 @@ class Board(Plant):
         self._in_tick = False
         flags = (tm != ctl.tm_count) + 2 * (ev_fault != ctl.ev_fault) + 4 * (ev_state != ctl.ev_state)
         if self._factor:
-            cost = self._estimate(before * 8 + flags, ticks_diff(host1, host0)) * self._factor // 1024000
+            cost = self._estimate(before * 8 + flags, ticks_diff(host1, host0)) * self._factor // _Q // 1000
         else:
             cost = 0
         for which in (0, 1, 2, 3):
@@ -315,7 +318,7 @@ class Board(Plant):
         self._deadline_abs = start + ticks_diff(loop.deadline, start & self._ticks_mask)
 
     def _estimate(self, path, measured_us):
-        """Smoothed host cost (us x1024) of a tick on `path`: running mean of the measured
+        """Smoothed host cost (us * 2**20) of a tick on `path`: running mean of the measured
         costs (the last 1024 weigh most), a sample above 4x the mean + 2 us rejected as a
         host hiccup."""
         mean = self._est[path]
@@ -326,8 +329,8 @@ class Board(Plant):
             self._est[path] = self._est_all
             self._est_n[path] = 1
             return self._est_all
-        sample = measured_us * 1024
-        if sample <= 4 * mean + 2048:
+        sample = measured_us * _Q
+        if sample <= 4 * mean + 2 * _Q:
             if count < 1024:
                 count += 1
             mean += (sample - mean) // count
@@ -347,10 +350,10 @@ class Board(Plant):
         board = Board(clock="fast", seed=11, world=False)   # its own plant, no rig, no output
         pi = ReferencePI(board)
         self._ref = (pi, board)
-        self._ref_mean = int(host_cost_us(pi, board) * 1024)
+        self._ref_mean = int(host_cost_us(pi, board) * _Q)
         self._ref_n = _REF_WEIGHT // 4    # the start-up value weighs as much as 256 later calls
         self._ref_countdown = _REF_EVERY
-        self._factor = REF_TICK_TARGET_US * 1024000 // self._ref_mean
+        self._factor = REF_TICK_TARGET_US * 1000 * _Q // self._ref_mean
 
     def _recalibrate(self):
         # One reference tick, timed like a tick (call by call, between two ticks), into a
@@ -359,18 +362,18 @@ class Board(Plant):
         board._plant_step()
         start = ticks_us()
         pi.tick()
-        sample = ticks_diff(ticks_us(), start) * 1024
+        sample = ticks_diff(ticks_us(), start) * _Q
         self._ref_countdown = _REF_EVERY
         mean = self._ref_mean
-        if sample > 4 * mean + 2048:
+        if sample > 4 * mean + 2 * _Q:
             return                        # a host hiccup, not the host's speed
         if self._ref_n < _REF_WEIGHT:
             self._ref_n += 1
         mean += (sample - mean) // self._ref_n
-        if mean < 64:
-            mean = 64
+        if mean < _Q // 64:
+            mean = _Q // 64               # never below 1/64 us (a sane host)
         self._ref_mean = mean
-        self._factor = REF_TICK_TARGET_US * 1024000 // mean
+        self._factor = REF_TICK_TARGET_US * 1000 * _Q // mean
         self.clock_factor_x100 = self._factor // 10
 
     def _mark(self, which):
