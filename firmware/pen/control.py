@@ -238,6 +238,7 @@ class Controller(Phases):
         self._tach_last_count = board.tach_count()
         self._tach_last_us = board.tach_edge_us()
         self._edge_age_us = _AGE_CAP_US  # time since the last tach edge (or drive start), saturating
+        self._tach_fresh = False   # the next edge starts the measurement (the rotor came from rest)
         self._off_at_ms = 0        # pen time (wrapped ms) the motor was last commanded off
         self.session_tach_start = 0
         self.strokes = 0
@@ -297,7 +298,10 @@ class Controller(Phases):
                 period_us = ticks_diff(edge_us, self._tach_last_us)
                 strokes = (count - last) & TACH_MASK
                 if period_us > 0 and strokes < 9:
-                    self.hz_chz = _CHZ_US * strokes // period_us
+                    if self._tach_fresh:
+                        self._tach_fresh = False     # the first edge after the drive start: a reference only
+                    else:
+                        self.hz_chz = _CHZ_US * strokes // period_us
                 self._tach_last_count = count
                 self._tach_last_us = edge_us
                 age = ticks_diff(now_us, edge_us)
@@ -375,13 +379,15 @@ class Controller(Phases):
         if battery < 1000:
             battery = 1000
         drive_ms = self._drive_ms
-        if drive_ms < SOFT_START_MS:
+        ramp = drive_ms < SOFT_START_MS
+        if ramp:
             drive_ms += dt_ms
-            if drive_ms >= SOFT_START_MS:
-                drive_ms = SOFT_START_MS
-                self._drive_ms = SOFT_START_MS + 1   # ramp over: the count stops here
-            else:
+            if drive_ms < SOFT_START_MS:
                 self._drive_ms = drive_ms
+            else:
+                self._drive_ms = SOFT_START_MS + 1   # ramp over: the count stops here
+                ramp = False                         # and the PI takes over in this very tick
+        if ramp:
             # Soft start: the reference ramps linearly to the set point, open loop:
             # feed-forward of the voltage this frequency and this acceleration need, over
             # the measured battery voltage.

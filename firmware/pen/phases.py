@@ -220,6 +220,7 @@ class Phases:
                 self._drive_ms = 0
                 self._integ = 0
                 self._tach_last_us = now_us      # the tach timeout counts from the drive start
+                self._tach_fresh = True          # ... but no speed from a part of a stroke
                 self._edge_age_us = 0
                 self._current_alarm_ma = STALL_MIN_MA   # the soft start: every current above this is looked at
                 self.motor_on = True
