@@ -21,8 +21,6 @@
 #   (/proc/thread-self/schedstat) when an interval is suspiciously long.
 import os
 import sys
-from array import array
-
 try:
     import select
 except ImportError:  # pragma: no cover
@@ -33,7 +31,7 @@ from micropython import const
 
 from boards import rigproto
 from boards.simplant import STEP_US, Plant
-from pen.compat import TICKS_PERIOD, sleep_us, ticks_diff, ticks_us
+from pen.compat import TICKS_PERIOD, sleep_us, ticks_diff, ticks_us, zeros
 
 BOARD_NAME = "sim"
 CLOCKS = ("real", "fast", "target")
@@ -132,8 +130,8 @@ class Board(Plant):
         paths = _PATHS if self._factor else 1      # the fast clock charges nothing: no table
         # Running means in host us * 2**20 (fine enough that integer steps do not bias them:
         # a tick measures 1 or 2 us in whole us).
-        self._est = [0] * paths                     # per tick path
-        self._est_n = array("H", [0] * paths)
+        self._est = zeros("i", paths)               # per tick path
+        self._est_n = zeros("H", paths)
         self._est_all = _Q                          # over all ticks (the prior of a new path)
         self._est_all_n = 0
         self._halted = False            # safe_stop ran: motor_drive and uv_set(True) do nothing
@@ -329,6 +327,8 @@ class Board(Plant):
             self._est[path] = self._est_all
             self._est_n[path] = 1
             return self._est_all
+        if measured_us > 1000:
+            measured_us = 1000            # (a hiccup in any case: keeps the sample a 32-bit int)
         sample = measured_us * _Q
         if sample <= 4 * mean + 2 * _Q:
             if count < 1024:

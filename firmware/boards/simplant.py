@@ -19,7 +19,9 @@
 #   lamp at 96 % of nominal when new, losing 1 permille per 36 s of UV on (ageing).
 # - cartridge reader: ID string or None, and the cartridge's own "used" mark.
 # The ADC converts once per plant step (as a free-running scan would); a second reading
-# within the same step (a confirmation) is a new conversion with its own noise.
+# within the same step (a confirmation) is a new conversion with its own noise. The models
+# use the native code emitter: the plant is not firmware work and costs no pen time, but
+# it is most of the fast clock's host time.
 import sys
 
 # On CPython (the firmware tests) tests/cpython/micropython.py stands in.
@@ -97,6 +99,7 @@ class Plant:
 
     # ---- randomness (xorshift32: integer only, no allocation) ----
 
+    @micropython.native
     def _rand(self):
         x = self._rng
         x ^= (x << 13) & 0xFFFFFFFF
@@ -105,11 +108,13 @@ class Plant:
         self._rng = x
         return x
 
+    @micropython.native
     def _noise(self, amplitude):
         return self._rand() % (2 * amplitude + 1) - amplitude
 
     # ---- models ----
 
+    @micropython.native
     def _driven_duty(self):
         # What the H-bridge applies: the command, or more when the driver is stuck on.
         duty = self.duty_bp
@@ -117,6 +122,7 @@ class Plant:
             duty = self._stuck_duty
         return duty
 
+    @micropython.native
     def _plant_step(self):
         t0 = self._plant_us
         self.steps += 1
@@ -171,9 +177,11 @@ class Plant:
         self._plant_us = t0 + STEP_US
         self._sample_sensors()
 
+    @micropython.native
     def _uv_light(self):
         return self.uv_led and self.lid and not self.inj_uv_led_dead
 
+    @micropython.native
     def _sample_sensors(self):
         current = self.current_ma + self._noise(8)
         self.s_current_ma = current if current < _ADC_CURRENT_FS_MA else _ADC_CURRENT_FS_MA

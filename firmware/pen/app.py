@@ -16,8 +16,8 @@ from .store import Store, StoreError
 _IDLE_US = 1000            # core 0 waits at most this long for input between passes
 _RETRACT_MAX_MS = 1500     # S9: needles at the end-stop within 1.5 s after Ctrl-C or a crash
 _MS_HALF = 1 << 29
-_GC_FREE_MIN = 40 * 1024   # collect while idle below this much free heap, not in the middle of a request
-_mem_free = getattr(gc, "mem_free", None)   # MicroPython's (CPython tests have none)
+_GC_EVERY_TICKS = 500      # collect while idle at most every 0.5 s of pen time
+_IDLE_GC = hasattr(gc, "mem_free")   # MicroPython's heap (CPython's collector is another matter)
 
 
 class App:
@@ -42,6 +42,7 @@ class App:
         # What core 0 has handled of core 1's event counters.
         self._seen = [0, 0, 0, 0, 0]   # ev_state, ev_fault, ev_session_end, ev_steril_done, ev_steril_abort
         self._wd_ticks = -1
+        self._gc_ticks = 0         # core 1's tick count at the last idle collection
         # Telemetry is a lease (docs/design.md §3.4): a subscription `tm_sub` may send `tm_left`
         # more samples; the host renews it, so a client that died stops the stream.
         self.tm_on = False
@@ -140,7 +141,10 @@ class App:
             self._wd_ticks = ticks
             board.watchdog_feed()
         if not busy:
-            if _mem_free is not None and _mem_free() < _GC_FREE_MIN:
+            if _IDLE_GC and ((ticks - self._gc_ticks) & lim.MS_MASK) >= _GC_EVERY_TICKS:
+                # Collect while idle, so a collection rarely falls inside a request (each
+                # costs ~30 ms at the pen's speed; gc.mem_free() itself walks the heap).
+                self._gc_ticks = ticks
                 gc.collect()
             board.idle(_IDLE_US, True)       # returns early on console input
 

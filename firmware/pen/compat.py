@@ -46,3 +46,15 @@ except ImportError:  # CPython, or a test period: the same arithmetic as MicroPy
         def sleep_us(us):
             if us > 0:
                 _time.sleep(us / 1e6)
+
+
+def zeros(typecode, count):
+    """array(typecode) of `count` zeros, without a temporary list of `count` objects (8
+    bytes each on the unix port: a fragmented heap may not have that in one piece).
+    MicroPython takes a bytes object as the array's raw buffer; CPython repeats an array."""
+    from array import array
+    one = array(typecode, [0])
+    try:
+        return array(typecode, bytes(count * len(bytes(one))))
+    except TypeError:
+        return one * count

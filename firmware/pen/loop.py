@@ -7,12 +7,10 @@
 #
 # Fields written by core 1: deadline, ticks, late_hist, stopped, _reset_ack (and the
 # controller's overruns / tick_max_us). Fields written by core 0: stop_req, reset_req.
-from array import array
-
 import micropython
 from micropython import const
 
-from .compat import ticks_add, ticks_diff
+from .compat import ticks_add, ticks_diff, zeros
 from .limits import LATE_BUCKET_US, LATE_BUCKETS, TICK_US
 
 _COUNT_MASK = const(0x3FFFFFFF)   # counters wrap below 2**30 (small ints on the RP2040)
@@ -24,11 +22,13 @@ class ControlLoop:
         self.ctl = ctl
         self.deadline = 0          # pen time (board.ticks_us clock) of the next period
         self.ticks = 0             # periods run, wrapping at 2**30 (the watchdog watches it move)
-        self.late_hist = array("i", [0] * (LATE_BUCKETS + 1))
+        self.late_hist = zeros("i", LATE_BUCKETS + 1)
         self.stop_req = False      # core 0: please stop
         self.stopped = True        # core 1: not running (after stop_req: acknowledged)
         self.reset_req = 0         # core 0 bumps it to zero the statistics
         self._reset_ack = 0
+        self.cost_sum_us = 0       # tick costs since the last reset (saturating) ...
+        self.cost_count = 0        # ... over this many ticks: the mean tick cost
 
     def begin(self, now_us, now_ms):
         """Core 0, before the board starts core 1: pen time now (us on the board's clock,
@@ -73,10 +73,16 @@ class ControlLoop:
         ctl = self.ctl
         if cost_us > ctl.tick_max_us:
             ctl.tick_max_us = cost_us
+        total = self.cost_sum_us + cost_us
+        if total < _COUNT_MASK:
+            self.cost_sum_us = total
+            self.cost_count += 1
 
     def _reset(self, hist):
         for index in range(len(hist)):
             hist[index] = 0
         self.ctl.overruns = 0
         self.ctl.tick_max_us = 0
+        self.cost_sum_us = 0
+        self.cost_count = 0
         self._reset_ack = self.reset_req

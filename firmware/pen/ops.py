@@ -169,7 +169,8 @@ def op_timing(app, body):
     # empty buckets left out: always fits one frame.
     reply = {"bucket_us": lim.LATE_BUCKET_US, "hist": list(hist[:last]), "ticks": loop.ticks,
              "overruns": app.ctl.overruns, "tick_max_us": app.ctl.tick_max_us,
-             "request_max_us": dict(app.req_max_us)}
+             "tick_mean_us": loop.cost_sum_us // loop.cost_count if loop.cost_count else 0,
+             "period_us": lim.TICK_US, "request_max_us": dict(app.req_max_us)}
     if body.get("reset") is True:
         loop.reset_req += 1        # core 1 zeroes its own statistics at its next tick
         app.req_max_us = {}

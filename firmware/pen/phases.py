@@ -3,8 +3,6 @@
 # and retraction, the sterilisation cycle (S5, S12) and the telemetry sample. Same rules
 # as pen.control: run on core 1, no allocation, integers below 2**30, time from elapsed
 # pen time (dt_ms) only.
-from array import array
-
 import micropython
 
 # pen.control imports this module after it defined these names (they are its vocabulary).
@@ -66,6 +64,7 @@ from .limits import (
     UV_SETTLE_MS,
     UV_TIMEOUT_MS,
 )
+from .compat import zeros
 from .proto import TM_FIELDS
 
 
@@ -82,7 +81,7 @@ class Phases:
         self.tick_max_us = 0
         self.hz_chz = 0
         # telemetry ring: TELEMETRY_RING samples of TM_FIELDS ints, written here
-        self.tm_ring = array("i", [0] * (TELEMETRY_RING * TM_FIELDS))
+        self.tm_ring = zeros("i", TELEMETRY_RING * TM_FIELDS)
         self.tm_count = 0          # samples written since boot (index = count % RING), wraps at 2**30
         # depth actuator
         self.depth_phase = D_HOMING

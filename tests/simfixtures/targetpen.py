@@ -47,7 +47,7 @@ class TargetPen:
         deadline = time.monotonic() + WAIT_S
         while True:
             try:
-                self.pen = Pen(self.vpen.port, timeout=10)
+                self.pen = Pen(self.vpen.port, timeout=10, connect=False)
                 self.pen.connect()
                 return self.pen
             except Exception:
@@ -112,6 +112,7 @@ class TargetPen:
     def start_session(self, stroke_hz: int = 100, max_session_s: int = 600, depth_mm: float = 1.0,
                       settle_ms: int = 500) -> dict:
         """READY pen -> a session driving the motor, past its soft start."""
+        assert self.wait_state("READY", "LOCKED", "FAULT") == "READY"   # homed after power-on
         name = "p%d-%d" % (stroke_hz, max_session_s)
         self.pen.profile_push([{"name": name, "depth_mm": depth_mm, "stroke_hz": stroke_hz,
                                 "max_session_s": max_session_s}])
