@@ -99,3 +99,25 @@ def test_s6_unreadable_used_list_refuses_sessions():
     reply = pen.request("session_start")
     assert reply["ok"] is False and reply["code"] == "STORE_CORRUPT"
     assert pen.board.duty_bp == 0
+
+
+def test_s6_malformed_cartridge_id_refused_before_anything_changes():
+    # A 1-Wire ROM ID is 8 bytes: 16 upper-case hex digits. Anything else is refused
+    # (CARTRIDGE_INVALID) before any state changes, and never reaches a record or a reply whole.
+    pen = penfix.ready_pen(cartridge=None)
+    lockout_before = penfix.read_file(pen.folder + "/data/lockout.rec")
+    log_before = penfix.log_entries(pen)
+    for cart in ("A" * 2000, "0123456789ABCDE", "0123456789ABCDEF0", "0123456789abcdef", "0123456789ABCDEG",
+                 "", " 123456789ABCDEF"):
+        pen.insert(cart)
+        reply = pen.request("session_start")
+        assert reply["ok"] is False and reply["code"] == "CARTRIDGE_INVALID", (cart[:20], reply)
+        assert len(reply["msg"]) < 100
+    pen.run_ms(100)
+    assert pen.state() == "READY" and pen.board.duty_bp == 0
+    assert pen.request("info")["unlocked"] is True
+    assert penfix.read_file(pen.folder + "/data/lockout.rec") == lockout_before
+    assert _used_in_flash(pen) == []
+    assert penfix.log_entries(pen) == log_before
+    pen.insert("0123456789ABCDEF")
+    assert pen.request("session_start")["ok"]
