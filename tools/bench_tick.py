@@ -1,5 +1,6 @@
-# MicroPython script (unix port): control tick cost next to the reference 20-line PI tick
-# (boards/refpi.py) in the same process, allocations in core 1's loop, and heap use.
+# MicroPython script (unix port): Controller.tick's cost next to the reference 20-line PI
+# tick (boards/refpi.py) in the same process, timed call by call in alternation; allocations
+# in core 1's loop (run_tick around the tick) under heap_lock; heap use.
 # Usage: micropython -X heapsize=192K tools/bench_tick.py [ROUNDS]
 # Prints one JSON object.
 import gc
@@ -29,15 +30,22 @@ def running_pen():
     return pen
 
 
-def time_ticks(tick, board, count):
-    # Plant steps are excluded: only the control code is timed.
+def time_interleaved(tick, board, ref_tick, ref_board, count):
+    """Mean host cost of the two ticks, timed call by call in alternation (so load on the
+    machine hits both alike); the plant steps are not timed."""
     total = 0
+    ref_total = 0
     for _ in range(count):
         board._plant_step()
+        ref_board._plant_step()
         start = time.ticks_us()
         tick()
-        total += time.ticks_diff(time.ticks_us(), start)
-    return total / count
+        middle = time.ticks_us()
+        ref_tick()
+        end = time.ticks_us()
+        total += time.ticks_diff(middle, start)
+        ref_total += time.ticks_diff(end, middle)
+    return total / count, ref_total / count
 
 
 def median(values):
@@ -51,17 +59,21 @@ def main():
     loop = pen.app.loop
     board = pen.board
 
-    def period():                          # what core 1 runs each period
-        loop.run_tick(loop.deadline)
+    ctl = pen.ctl
+
+    def tick():                            # Controller.tick at the loop's next deadline
+        deadline = loop.deadline
+        ctl.tick(deadline, 1)
+        loop.deadline = deadline + 1000
 
     ref_board = Board(clock="fast", seed=11, world=False)   # its own plant: the two loops must not fight
     ref = ReferencePI(ref_board)
-    # Rounds alternate between the two ticks, so load on the machine hits both alike.
     tick_samples = []
     ref_samples = []
     for _ in range(ROUNDS):
-        tick_samples.append(time_ticks(period, board, TICKS))
-        ref_samples.append(time_ticks(ref.tick, ref_board, TICKS))
+        mine, theirs = time_interleaved(tick, board, ref.tick, ref_board, TICKS)
+        tick_samples.append(mine)
+        ref_samples.append(theirs)
     ratios = [tick_samples[i] / ref_samples[i] for i in range(ROUNDS)]
     # Allocations: core 1's loop under heap_lock; any allocation raises MemoryError.
     allocating = 0
