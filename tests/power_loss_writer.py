@@ -181,7 +181,7 @@ def read_all(folder):
             raw = handle.read()
         with open(torn + "/lockout.rec", "wb") as handle:
             handle.write(raw[:len(raw) // 2])
-        torn_unlocked = make_app(torn)[1].unlocked
+        torn_unlocked = make_app(torn)[1].rec.unlocked
     except OSError:
         pass
     tmp = [name for name in os.listdir(folder) if name.endswith(".tmp")]
