@@ -74,6 +74,9 @@ class _Discard:
 
 
 class Board(Plant):
+    # Over 400 lines (the plant is in simplant.py): the clocks, the co-simulation of core
+    # 1, the USB link and the rig channel share the pen-time state that every board call
+    # advances, and the tick's board methods must be on this class itself (below).
     BOARD_NAME = BOARD_NAME
     # The tick's board methods on this class itself, as on boards/pico_pen.py: a method
     # found in a base class costs one more dictionary lookup per call, which would skew

@@ -201,8 +201,9 @@ def ms_since(now_ms, then_ms):
 
 
 class Controller(Phases):
-    # Over 400 lines together with pen.phases, because the tick's common path is inlined
-    # here on purpose (see the top of this file).
+    # Over 400 lines (the phases are already in pen.phases) because the tick's common path
+    # is inlined here on purpose and its interlocks share its folded constants (see the top
+    # of this file).
 
     def __init__(self, board):
         Phases.__init__(self, board)       # board, inputs, telemetry ring, phases

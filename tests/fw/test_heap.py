@@ -151,3 +151,27 @@ def test_heap_plant_step_no_allocation():
         micropython.heap_unlock()
     assert error is None, "plant step allocated after %d steps" % i
     assert board.steps > TICKS
+
+
+def test_no_attribute_created_after_init():
+    # docs/design.md §2.3: core 0 reads the controller while core 1 writes it; a new
+    # attribute could grow (reallocate) the instance's dictionary under the other core.
+    pen = penfix.ready_pen(cartridge="CA10000000000020")
+    ctl = pen.ctl
+    loop = pen.app.loop
+    names = (sorted(ctl.__dict__), sorted(loop.__dict__))
+    assert pen.request("session_start")["ok"]
+    penfix.wait_motor_start(pen)
+    pen.run_ms(300)
+    pen.board.inject("depth_jam")
+    pen.run_ms(100)
+    pen.board.clear_injections()
+    pen.run_ms(500)
+    assert pen.request("fault_clear", reason="test")["ok"]
+    pen.boot()
+    assert pen.request("sterilise_start")["ok"]
+    pen.run_ms(100)
+    assert pen.request("sterilise_cancel")["ok"]
+    pen.request("timing", reset=True)
+    pen.run_ms(10)
+    assert (sorted(ctl.__dict__), sorted(loop.__dict__)) == names
