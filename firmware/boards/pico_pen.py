@@ -289,6 +289,7 @@ class Board:
             ready = False
             for _ in self._in_poll.ipoll(0):
                 ready = True
+                break
             if not ready or not self._in.readinto(one):
                 break
             buf[count] = one[0]
