@@ -28,7 +28,9 @@ def main():
             board.safe_stop()      # first: stroke motor off, UV off
         if isinstance(exc, KeyboardInterrupt):
             raise
-        sys.print_exception(exc)   # type: ignore[attr-defined]
+        print_exception = getattr(sys, "print_exception", None)   # MicroPython's
+        if print_exception is not None:
+            print_exception(exc)
         raise
 
 

@@ -92,3 +92,24 @@ def test_s8_session_stops_at_max_session_s(pen, rig, recorder):
     assert entry["end"] == "TIME_LIMIT"
     recorder.check("session duration at max_session_s=10", entry["duration_s"], "s", 9.99, 10.01)
     assert not rig.measure()["motor_on"]
+
+
+@pytest.mark.parametrize("fault,reason", [("uv_sensor_stuck", "UV_SENSOR_STUCK"), ("uv_led_dead", "UV_LED_DEAD")])
+def test_s12_uv_fault_aborts_the_cycle_and_the_pen_stays_locked(pen, rig, recorder, fault, reason):
+    # S12: a dark reading with the LED off (a stuck sensor or analogue switch fails it) and
+    # a reading with it on (a dead LED fails it): the cycle aborts, naming the cause.
+    from hil_tests.test_04_faults import inject
+    need_rig(rig.measure)
+    recover(pen, rig)
+    inject(rig, fault)
+    try:
+        with pytest.raises(PenRefused) as refused:
+            pen.sterilise(wait=True)
+        assert refused.value.code == reason
+        status = pen.sterilise_status()
+        recorder.check("%s: cycle result" % fault, int(status["result"] == "aborted"), "aborted", 1, 1)
+        assert status["reason"] == reason and pen.state() == "LOCKED"
+        assert pen.info()["unlocked"] is False
+        assert not rig.measure()["uv_on"]
+    finally:
+        rig.clear_injections()

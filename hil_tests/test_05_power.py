@@ -46,7 +46,8 @@ def test_s7_power_cut_during_session(target, pen, rig, recorder):
     try:
         assert wait_state(pen, ("LOCKED", "READY", "FAULT")) == "LOCKED"     # never unlocked by a cut
         entry = last_log(pen, "session")
-        assert entry["cartridge"] == cartridge and entry["end"] == "INTERRUPTED"
+        # S14: the next boot closes the cut session's entry (its duration is not known)
+        assert entry["cartridge"] == cartridge and entry["end"] == "POWER_LOSS"
         make_ready(pen, rig)
         rig.cartridge(cartridge)
         with pytest.raises(PenRefused) as refused:                        # still recorded as used

@@ -17,6 +17,24 @@ MICROPYTHON = os.path.join(os.path.dirname(sys.executable), "micropython")
 HEAP = "1024K"   # the tests build several pens; the 192 KB budget is measured by `make bench`
 
 
+def _module_env(module):
+    """A test module's MP_ENV (the environment its interpreter needs), if it has one. Its
+    module-level constants are evaluated in order (e.g. MP_ENV = {"X": str(PERIOD)})."""
+    with open(os.path.join(FW_TESTS, module + ".py")) as handle:
+        tree = ast.parse(handle.read())
+    scope = {}
+    for node in tree.body:
+        if not (isinstance(node, ast.Assign) and len(node.targets) == 1 and isinstance(node.targets[0], ast.Name)):
+            continue
+        try:
+            value = eval(compile(ast.Expression(body=node.value), module, "eval"), {"__builtins__": {"str": str}},
+                         scope)
+        except Exception:
+            continue                    # not a constant expression
+        scope[node.targets[0].id] = value
+    return scope.get("MP_ENV", {})
+
+
 def _collect():
     items = []
     for name in sorted(os.listdir(FW_TESTS)):
@@ -32,7 +50,7 @@ def _collect():
 
 @lru_cache(maxsize=None)
 def _run_module(module, tmp):
-    env = dict(os.environ, PEN_TEST_TMP=tmp)
+    env = dict(os.environ, PEN_TEST_TMP=tmp, **_module_env(module))
     proc = subprocess.run([MICROPYTHON, "-X", "heapsize=" + HEAP, "tests/mp_runner.py", module],
                           cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     results = {}

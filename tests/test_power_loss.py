@@ -129,7 +129,7 @@ def test_s7_power_loss_app_never_unlocks(tmp_path):
         where = "kill %d: last events %r, read back unlocked=%r cycles=%d" % (kill, events[-3:], unlocked, c)
         assert c >= cycles, where                            # completed cycles never lost
         cycles = c
-        cart = "PL%06d" % c
+        cart = "9D%014d" % c
         # a crash never unlocks: an unlock is never left over after its session started
         if unlocked:
             unlocked_seen += 1

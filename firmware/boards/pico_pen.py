@@ -1,26 +1,39 @@
 # The real pen: RP2040 ("Pico"-class board). Implements docs/board-interface.md
 # exactly; pin map, assumed parts and calibration are in docs/hardware.md.
 #
-# Rules for this file:
-# - Methods marked "tick" run in the 1 kHz control tick: integer maths only, no
-#   allocation (no floats, no new objects, no bound-method creation, every
+# Two cores (docs/design.md §2.3): the control loop (pen.loop) runs on core 1 through
+# _thread (rp2 runs the one extra thread on core 1, with no GIL); everything else on
+# core 0. Rules for this file:
+# - Methods marked "tick" run on core 1 in the 1 kHz control tick: integer maths only,
+#   no allocation (no floats, no new objects, no bound-method creation, every
 #   intermediate product < 2**30 so it stays a small int on the RP2040), short.
-# - The tach IRQ handler increments a counter and stores ticks_us(): nothing else.
-# - Outputs that can hurt (stroke motor, UV LED) power up OFF: the GPIO reset
-#   state is input/high-Z and the board has pull-downs on those nets.
-# Timing figures in comments are estimates for 125 MHz, not measurements.
+# - The tach IRQ handler (core 0) stores the edge time and increments a counter inside
+#   a sequence lock: nothing else. Core 1 reads the pair without disabling interrupts
+#   (disable_irq on core 1 would not stop an IRQ taken by core 0).
+# - Outputs that can hurt (stroke motor, UV LED) power up OFF: the GPIO reset state is
+#   input/high-Z and the board has pull-downs on those nets. After safe_stop() they
+#   stay off: core 1 may still be in a tick, and motor_drive() / uv_set(True) then do
+#   nothing.
+# Timing figures of the pen's CPU are in docs/hardware.md.
 import binascii
+import sys
 import time
 
+import _thread
 import machine
 import micropython
+import select
 from micropython import const
 
-from pen.limits import DEPTH_TRAVEL_UM
 from pen.control import SAMPLE_BATTERY_MV as _S_BATTERY
+from pen.control import SAMPLE_CARTRIDGE as _S_CARTRIDGE
 from pen.control import SAMPLE_CURRENT_MA as _S_CURRENT
 from pen.control import SAMPLE_DEPTH_UM as _S_DEPTH
+from pen.control import SAMPLE_LID as _S_LID
+from pen.control import SAMPLE_TACH_COUNT as _S_TACH_COUNT
+from pen.control import SAMPLE_TACH_US as _S_TACH_US
 from pen.control import SAMPLE_TEMP_CDEGC as _S_TEMP
+from pen.limits import DEPTH_TRAVEL_UM
 
 try:
     from onewire import OneWire  # frozen driver on the rp2 port
@@ -91,13 +104,10 @@ _AMUX_NTC = const(0)
 _AMUX_UV = const(1)
 
 # --- tach ---
-# tach_count() and tach_edge_us() are two calls but one measurement: the pair is
-# latched with IRQs off and reused for _TACH_LATCH_US, so both calls within one
-# tick see the same edge whatever their order; a lone call is at most this stale.
-_TACH_LATCH_US = const(250)
 # The IRQ counter wraps at 2**29: n + 1 must stay below 2**30, the RP2040's
 # small-int limit, or the hard IRQ would allocate a long int.
 _TACH_MASK = const(0x1FFFFFFF)
+_TACH_TRIES = const(4)        # sequence-lock retries before taking the last pair read
 
 # --- watchdog ---
 _WDT_TIMEOUT_MS = const(500)
@@ -112,9 +122,10 @@ _OW_READ_ROM = const(0x33)
 _OW_FAMILY = const(0x2D)      # DS28E07 (and DS2431) family code
 _OW_TRIES = const(3)
 
-# --- wait_until ---
-_SPIN_US = const(100)         # sleep_us for the bulk, spin on ticks_us for the rest
-_WAKE_SLICE_US = const(200)   # check the console for input at least this often while waiting
+# --- core 1 and the console ---
+_CORE1_STACK = const(8192)    # core 1's stack (bytes): the tick's native frames
+_STOP_WAIT_MS = const(20)     # stop_control() waits this long for core 1 to acknowledge
+_CDC_FIFO_BYTES = const(256)  # rp2 USB-CDC TX FIFO (CFG_TUD_CDC_TX_BUFSIZE)
 
 
 class Board:
@@ -125,11 +136,14 @@ class Board:
         micropython.alloc_emergency_exception_buf(100)
         Pin = machine.Pin
         self.serial = binascii.hexlify(machine.unique_id()).decode().upper()
-        self.fast_clock = False
         self.store_dir = "data"
-        # Direct reference to the C function: one call level less per tick.
+        self.clock_name = "real"      # pen time is the RP2040's own clock
+        self.clock_factor_x100 = 0
+        # Direct reference to the C function: one call level less.
         self.ticks_us = time.ticks_us
-        self.cpu_ticks_us = time.ticks_us   # same clock: real time is pen time here
+        self._halted = False          # safe_stop() ran: motor_drive / uv_set(True) do nothing
+        self._ms_last = time.ticks_ms()
+        self._ms_total = time.ticks_diff(self._ms_last, 0)  # pen time since boot, ms (uptime_ms unwraps ticks_ms)
 
         # Stroke motor: driver asleep (coast) before the PWM exists.
         self._motor_en = Pin(_PIN_MOTOR_EN, Pin.OUT, value=0)
@@ -140,15 +154,25 @@ class Board:
         self._uv = Pin(_PIN_UV, Pin.OUT, value=0)
         self._lid = Pin(_PIN_LID, Pin.IN, Pin.PULL_UP)
 
-        # Tach: the counter and the edge time live on the instance; the handler
-        # is bound once here (binding allocates, so never in the IRQ).
+        # Tach: the counter and the edge time live on the instance; the handler is bound
+        # once here (binding allocates, so never in the IRQ). _tach_seq is odd while the
+        # handler writes the pair (a sequence lock between core 0's IRQ and core 1).
+        self._tach_seq = 0
         self._tach_n = 0
         self._tach_t = time.ticks_us()
-        self._tach_n_l = 0
-        self._tach_t_l = self._tach_t
-        self._latch_us = time.ticks_add(self._tach_t, -_TACH_LATCH_US)
+        self._tach_t_l = self._tach_t  # edge time of the count tach_count() last returned
         self._tach_pin = Pin(_PIN_TACH, Pin.IN, Pin.PULL_UP)
         self._tach_pin.irq(handler=self._tach_irq, trigger=Pin.IRQ_FALLING, hard=True)
+
+        # Core 1 (start_control) and the console.
+        self._loop = None
+        self._in = sys.stdin.buffer
+        self._in_poll = select.poll()
+        self._in_poll.register(sys.stdin, select.POLLIN)
+        self._in_byte = bytearray(1)
+        self._out = sys.stdout.buffer
+        self._out_poll = select.poll()
+        self._out_poll.register(sys.stdout, select.POLLOUT)
 
         # Depth actuator.
         self._step = Pin(_PIN_STEP, Pin.OUT, value=0)
@@ -174,54 +198,122 @@ class Board:
         # boot work and a REPL before the app are not on a 500 ms clock.
         self._wdt = None
 
-    # ---- tach (IRQ) ----
+    # ---- tach (IRQ on core 0, read on core 1) ----
 
     def _tach_irq(self, _pin):
-        # Hard IRQ: 2 integer ops and a ticks_us() call, ~3-5 us (estimate).
-        self._tach_n = (self._tach_n + 1) & _TACH_MASK
+        # Hard IRQ: integer stores and a ticks_us() call, nothing else.
+        self._tach_seq += 1                 # odd: the pair is being written
         self._tach_t = time.ticks_us()
-
-    def _tach_latch(self):
-        now = time.ticks_us()
-        if time.ticks_diff(now, self._latch_us) >= _TACH_LATCH_US:
-            # IRQs off for two attribute loads, ~1 us (estimate).
-            state = machine.disable_irq()
-            n = self._tach_n
-            t = self._tach_t
-            machine.enable_irq(state)
-            self._tach_n_l = n
-            self._tach_t_l = t
-            self._latch_us = now
+        self._tach_n = (self._tach_n + 1) & _TACH_MASK
+        self._tach_seq = (self._tach_seq + 1) & _TACH_MASK   # even again: consistent
 
     def tach_count(self) -> int:  # tick
+        # The count and its edge time as one pair: read between two equal, even sequence
+        # numbers (an edge that lands in between is reported whole at the next tick).
         # Wraps to 0 after 2**29 edges (~41 days of continuous 150 Hz strokes).
-        self._tach_latch()
-        return self._tach_n_l
+        n = self._tach_n
+        for _ in range(_TACH_TRIES):
+            seq = self._tach_seq
+            n = self._tach_n
+            t = self._tach_t
+            if not seq & 1 and seq == self._tach_seq:
+                self._tach_t_l = t
+                return n
+        return n
 
-    def tach_edge_us(self):  # tick; a ticks_us() value (opaque _TicksUs in the stubs)
-        self._tach_latch()
+    def tach_edge_us(self):  # tick; the edge time of the count tach_count() last returned
         return self._tach_t_l
 
-    # ---- clock ----
+    # ---- clock and the two cores ----
 
-    def wait_until(self, deadline_us: int, wake=None) -> bool:  # loop
-        # Returns True at the deadline, False early when `wake` (a poll object on
-        # the console) has input, so a request is answered between two ticks.
-        # sleep_us() on rp2 busy-waits below 1 ms; it is still cheaper than a
-        # Python loop. The last _SPIN_US are spun here for an exact return.
-        while True:
-            rem = time.ticks_diff(deadline_us, time.ticks_us())
-            if rem <= 0:
-                return True
-            if wake is not None:
-                for _ in wake.ipoll(0):
-                    return False
-            if rem > _SPIN_US:
-                time.sleep_us(rem - _SPIN_US if rem - _SPIN_US < _WAKE_SLICE_US else _WAKE_SLICE_US)
+    def uptime_ms(self) -> int:  # core 0: pen time since boot (ticks_ms unwrapped; may allocate)
+        now = time.ticks_ms()
+        self._ms_total += time.ticks_diff(now, self._ms_last)
+        self._ms_last = now
+        return self._ms_total
+
+    def start_control(self, loop) -> None:  # core 0: run pen.loop.ControlLoop on core 1
+        self._loop = loop
+        _thread.stack_size(_CORE1_STACK)
+        _thread.start_new_thread(self._core1, (loop,))
+
+    def _core1(self, loop) -> None:
+        # Core 1: spin to each deadline, run the period, measure its cost. Nothing here
+        # allocates; an exception stops the motor and ends the thread (core 0 then stops
+        # feeding the watchdog: the pen resets).
+        ticks_us = time.ticks_us
+        ticks_diff = time.ticks_diff
+        try:
+            while not loop.stop_req:
+                deadline = loop.deadline
+                while ticks_diff(deadline, ticks_us()) > 0:
+                    pass
+                start = ticks_us()
+                loop.run_tick(start)
+                loop.record_cost(ticks_diff(ticks_us(), start))
+        except BaseException:  # noqa: B036 - whatever stops core 1, the motor stops first
+            self.motor_coast()
+            self._uv.value(0)
+        loop.stopped = True                 # the acknowledgement core 0 waits for
+
+    def stop_control(self) -> bool:  # core 0: stop core 1 and wait (bounded) for it
+        loop = self._loop
+        if loop is None:
+            return True
+        loop.stop_req = True
+        start = time.ticks_ms()
+        while not loop.stopped:
+            if time.ticks_diff(time.ticks_ms(), start) > _STOP_WAIT_MS:
+                return False
+        return True
+
+    def sync(self) -> None:  # core 0: core 1 runs for real; its writes are visible as made
+        pass
+
+    def idle(self, us: int, wake: bool = True) -> bool:  # core 0
+        # Wait up to `us`; with `wake`, return False as soon as the console has input.
+        if not wake:
+            time.sleep_us(us)
+            return True
+        for _ in self._in_poll.ipoll(us // 1000 if us >= 1000 else 1):
+            return False
+        return True
+
+    # ---- console (USB-CDC) ----
+
+    def read_in(self, buf) -> int:  # core 0: bytes available now, without waiting
+        count = 0
+        size = len(buf)
+        one = self._in_byte
+        while count < size:
+            ready = False
+            for _ in self._in_poll.ipoll(0):
+                ready = True
+                break
+            if not ready or not self._in.readinto(one):
+                break
+            buf[count] = one[0]
+            count += 1
+        return count
+
+    def write_out(self, data) -> int:  # core 0: may block up to 500 ms per 64-byte chunk (rp2)
+        # rp2's stdout write returns what went into the USB FIFO: less when the host
+        # stopped reading and a chunk waited 500 ms in vain (the rest is dropped).
+        written = self._out.write(data)
+        return len(data) if written is None else written
+
+    def out_room(self) -> int:  # core 0
+        # rp2 reports POLLOUT while the CDC FIFO has any room at all (the exact count is
+        # not exposed): a frame written then may still wait for the host (core 0 only).
+        for _ in self._out_poll.ipoll(0):
+            return _CDC_FIFO_BYTES
+        return 0
 
     # ---- stroke motor ----
 
     def motor_drive(self, duty_bp: int) -> None:  # tick
+        if self._halted:
+            return                          # safe_stop() ran; core 1 may still be in a tick
         if duty_bp <= 0:
             duty_bp = 0
         elif duty_bp > _BP_FULL:
@@ -236,11 +328,15 @@ class Board:
         self._pwm.duty_u16(0)
         self._duty_bp = 0
 
-    def sample(self, buf) -> None:  # tick: the analogue inputs in one call (layout: pen.limits SAMPLE_*)
+    def sample(self, buf) -> None:  # tick: every input of the tick in one call (layout: pen.control SAMPLE_*)
         buf[_S_CURRENT] = self.motor_current_ma()
         buf[_S_BATTERY] = self.battery_mv()
         buf[_S_TEMP] = self.temp_cdegc()
         buf[_S_DEPTH] = self.depth_sensor_um()
+        buf[_S_TACH_COUNT] = self.tach_count()
+        buf[_S_TACH_US] = self._tach_t_l
+        buf[_S_CARTRIDGE] = 1 if self._cart.value() == 0 else 0
+        buf[_S_LID] = 1 if self._lid.value() == 0 else 0
 
     def motor_current_ma(self) -> int:  # tick, one conversion ~4 us (estimate)
         raw = self._adc_current.read_u16() - _CUR_RAW_ZERO
@@ -309,7 +405,7 @@ class Board:
     def uv_set(self, on: bool) -> None:  # tick
         # Never on with the lid open, whatever the caller says (the hardware
         # gates the LED driver with the reed switch as well).
-        if on and self._lid.value() == 0:
+        if on and self._lid.value() == 0 and not self._halted:
             self._uv.value(1)
         else:
             self._uv.value(0)
@@ -351,9 +447,10 @@ class Board:
     def service(self) -> None:  # loop: nothing to poll on this board
         pass
 
-    def safe_stop(self) -> None:  # any; never raises
-        # Motor first (S9), then UV; each step guarded so one failure cannot
-        # skip the next.
+    def safe_stop(self) -> None:  # core 0, any time; never raises
+        # Motor first (S9), then UV; each step guarded so one failure cannot skip the
+        # next. _halted first: core 1 may be in a tick and would drive the motor again.
+        self._halted = True
         try:
             self._motor_en.value(0)
         except Exception:

@@ -1,104 +1,170 @@
-# Simulated pen board for the MicroPython unix port (the virtual pen) and
-# CPython tests. It is a board driver, not a mock (pybricks): the plant models
-# below evolve in 1 ms steps of simulated time and the unchanged core reads
-# them through the same names as boards/pico_pen.py.
+# Simulated pen board for the MicroPython unix port (the virtual pen) and CPython tests.
+# A board driver, not a mock (pybricks): the plant (boards/simplant.py) evolves in 1 ms
+# steps of pen time and the unchanged core drives it through the names of
+# boards/pico_pen.py (docs/board-interface.md).
 #
-# Plant models (integer units; parameters are the *true* plant, deliberately
-# not read from pen/limits.py, so a wrong firmware constant shows in tests):
-# - stroke motor: DC motor, R = 1.0 ohm, back-EMF 13.5 mV/Hz, load current
-#   100 mA + 1.5 mA/Hz with +-3 % skin-contact noise; speed follows the current
-#   surplus (tau ~ 33 ms); one tach edge per stroke, timestamped in the step.
-# - handpiece temperature: first order towards 30 degC + 2 cdegC per mA, tau 60 s.
-# - battery: 1S Li-ion, 3950 mV open circuit, 1 mV less per mAh drawn, 150 mohm.
-# - depth actuator: 5 um per step lead screw, hard stop + end-stop switch at
-#   0 um, travel 3000 um, position sensor with +-6 um noise (+-8 um more while
-#   the motor vibrates it); injectable jam.
-# - UV dock: lid switch (hardware interlock: LED off when open), lamp at
-#   96 % of nominal when new, losing 1 permille per 36 s of UV on (ageing).
-# - cartridge reader: ID string or None.
+# Two cores, one host thread (docs/design.md §2.3, §5.2; docs/virtual-pen-timing.md):
+# - Core 1 (pen.loop around Controller.tick) is co-simulated: each tick runs at its
+#   deadline in pen time, with the plant stepped to that instant, and costs pen time on
+#   core 1 only (its own clock, _core1_free_us).
+# - Core 0 (the App) has its own pen clock (_core0_us). Every board call from core 0 first
+#   charges core 0's work since the previous call, then runs every tick that fell due
+#   meanwhile. Core 0 reads shared state only after sync() and writes it only through the
+#   mailbox, so running the due ticks before it goes on keeps causality exact.
+# - Clocks, one model with a factor (host us -> pen us, x1000) and pacing:
+#     fast:   factor 0, unpaced: work costs nothing, waits jump;
+#     real:   pen time is the wall clock: work costs its real time, waits sleep;
+#     target: factor = 163 us / (the reference PI tick's host cost), calibrated at start-up,
+#             unpaced: work costs factor x host time, waits jump.
+#   A tick is charged the running mean host cost of ticks on the same code path (a host
+#   hiccup never becomes a 270 ms tick); core 0's work as measured, minus run-queue waits
+#   (/proc/thread-self/schedstat) when an interval is suspiciously long.
 import os
 import sys
-
 try:
     import select
 except ImportError:  # pragma: no cover
     import uselect as select  # type: ignore
 
 # On CPython (the firmware tests) tests/cpython/micropython.py stands in.
-import micropython
 from micropython import const
 
-from pen.compat import sleep_us, ticks_add, ticks_diff, ticks_us
-from pen.control import SAMPLE_BATTERY_MV as _S_BATTERY
-from pen.control import SAMPLE_CURRENT_MA as _S_CURRENT
-from pen.control import SAMPLE_DEPTH_UM as _S_DEPTH
-from pen.control import SAMPLE_TEMP_CDEGC as _S_TEMP
+from boards import rigproto
+from boards.simplant import STEP_US, Plant
+from pen.compat import TICKS_PERIOD, sleep_us, ticks_diff, ticks_us, zeros
 
 BOARD_NAME = "sim"
+CLOCKS = ("real", "fast", "target")
 
-_STEP_US = const(1000)            # plant integration step
-_R_MOHM = const(1000)             # motor winding resistance
-_KE_MV_PER_HZ_X10 = const(135)    # back-EMF constant, 0.1 mV/Hz
-_LOAD_BASE_MA = const(100)
-_LOAD_MA_PER_HZ_X10 = const(15)
-_ACCEL_MHZ_PER_MA = const(2)      # speed change per ms per mA of surplus current
-_PHASE_PER_STROKE = const(1000000000)   # mHz * us per stroke
-_AMBIENT_CC = const(3000)
-_THERMAL_TAU_MS = const(60000)
-_BATT_OCV_MV = const(3950)
-_BATT_R_MOHM = const(150)
-_MAMS_PER_MV = const(3600000)     # 1 mAh (3.6e6 mA*ms) per mV of open-circuit voltage
-_DEPTH_TRAVEL_UM = const(3000)
-_DEPTH_UM_PER_STEP = const(5)
-_LAMP_NEW_PM = const(960)
-_SPIN_US = const(60)              # real clock: busy-wait the last part of a period
+REF_TICK_TARGET_US = 163          # the reference PI tick on the pen's Cortex-M0+ (docs/hardware.md)
+_TICK_US = const(1000)            # core 1's period (pen.limits.TICK_US; the loop owns the schedule)
+_FIFO_BYTES = const(256)          # rp2's USB-CDC TX FIFO (CFG_TUD_CDC_TX_BUFSIZE, full speed)
+_USB_CHUNK = const(64)            # rp2 writes in endpoint-sized chunks (CFG_TUD_CDC_EP_BUFSIZE) ...
+_USB_TIMEOUT_US = const(500000)   # ... each waits this long for room, then the rest is dropped
+_ONEWIRE_US = const(6000)         # target clock: a cartridge ID read on the pen (docs/hardware.md)
+_SUSPECT_HOST_US = const(50)      # a longer core-0 interval is checked for run-queue waits ...
+_SCHED_REFRESH_US = const(10000)  # ... measured from a mark refreshed at least this often
+_SPIN_US = const(60)              # real clock: busy-wait the last part of a wait
 _WAKE_SLICE_US = const(150)       # real clock: check for host input at least this often
+_PATHS = const(768)               # tick path signatures (see _tick)
+_Q = const(1 << 20)               # fixed point of the host-cost means (host us * _Q)
+_REF_EVERY = const(8)             # target: time one reference PI tick every this many ticks ...
+_REF_WEIGHT = const(1024)         # ... into a running mean over about this many
 
 
-class Board:
+def _readable(poller):
+    if hasattr(poller, "ipoll"):
+        for _ in poller.ipoll(0):   # MicroPython: no allocation
+            return True
+        return False
+    return bool(poller.poll(0))
+
+
+class _Discard:
+    """No host on the USB link: writes vanish, reads find nothing."""
+
+    def write(self, data):
+        return len(data)
+
+    def read(self, size):
+        return b""
+
+    def poll(self, timeout):
+        return []
+
+
+class Board(Plant):
+    # Over 400 lines (the plant is in simplant.py): the clocks, the co-simulation of core
+    # 1, the USB link and the rig channel share the pen-time state that every board call
+    # advances, and the tick's board methods must be on this class itself (below).
     BOARD_NAME = BOARD_NAME
+    # The tick's board methods on this class itself, as on boards/pico_pen.py: a method
+    # found in a base class costs one more dictionary lookup per call, which would skew
+    # both the tick and the reference PI tick that calibrates the target clock.
+    sample = Plant.sample
+    motor_drive = Plant.motor_drive
+    motor_coast = Plant.motor_coast
+    tach_count = Plant.tach_count
+    tach_edge_us = Plant.tach_edge_us
 
-    def __init__(self, clock=None, serial=None, rig_in=None, rig_out=None, seed=12345):
+    def __init__(self, clock=None, serial=None, rig_in=None, rig_out=None, seed=12345, out=None,
+                 inp=None, time_start_s=None, world=True):
         if clock is None:
             clock = os.getenv("PEN_SIM_CLOCK") or "real"
-        self.fast_clock = clock == "fast"
+        if clock not in CLOCKS:
+            raise ValueError("clock must be one of real, fast, target")
+        if time_start_s is None:
+            time_start_s = int(os.getenv("PEN_SIM_TIME_START_S") or "0")
+        self.clock_name = clock
         self.serial = serial or os.getenv("PEN_SIM_SERIAL") or "SIM-0001"
         self.store_dir = "data"
-        self._rng = (seed or 1) & 0xFFFFFFFF
-        # clock: pen time starts at 0 at power-on
-        self._real_origin = ticks_us()
-        self._plant_us = 0             # plant integrated up to this pen time
-        # stroke motor
-        self.duty_bp = 0
-        self.battery_mv_now = _BATT_OCV_MV
-        self.speed_mhz = 0
-        self.current_ma = 0
-        self.phase = 0
-        self.tach = 0
-        self.tach_us = 0
-        self.strokes = 0
-        self.motor_off_us = -1
-        self.used_mas = 0              # charge drawn, mA*ms
-        # thermal: 1e-4 cdegC units so a 1 ms step is not lost to rounding
-        self.temp_u = _AMBIENT_CC * 10000
-        # depth: the carriage is wherever the last power cut left it
-        self.carriage_um = (self._rand() % 241) * _DEPTH_UM_PER_STEP
-        # dock / UV / cartridge
-        self.uv_led = False
-        self.lamp_on_ms = 0
-        self.cartridge = None
-        # injections (none; lid closed: the pen sits in its dock)
-        self.clear_injections()
-        self.inject_us = -1
-        self.steps = 0                 # plant steps since power-on
-        self._sample_sensors()
+        self._real = clock == "real"
+        self._factor = 1000 if self._real else 0       # host us -> pen us, x1000
+        self._ref = None                               # target: the reference PI and its board
+        self._ref_mean = 0                             # its host cost, us * _Q (running mean)
+        self._ref_n = 0
+        self._ref_countdown = 0
+        if clock == "target":
+            self._calibrate()
+        self.clock_factor_x100 = self._factor // 10 if clock == "target" else 0
+        self._ticks_mask = TICKS_PERIOD - 1
+        origin = time_start_s * 1000000
+        self._origin_us = origin
+        # core 0's pen clock and the host time its current work interval started
+        self._core0_us = origin
+        self._boundary_us = origin      # core 0's pen time at its last board call
+        self._wall0 = ticks_us()
+        self._host_mark = self._wall0
+        self._sched = None
+        self._sched_buf = bytearray(96)
+        self._sched_wait_us = 0
+        self._sched_at = self._wall0
+        if clock == "target":
+            self._open_schedstat()
+        # co-simulated core 1
+        self._loop = None
+        self._running = False
+        self._deadline_abs = origin     # pen time of core 1's next deadline
+        self._core1_free_us = origin    # core 1 is busy with a tick until then
+        self._in_tick = False
+        self._tick_host0 = 0
+        self._mark_pending = [False, False, False, False]
+        self._mark_host = [0, 0, 0, 0]
+        paths = _PATHS if self._factor else 1      # the fast clock charges nothing: no table
+        # Running means in host us * 2**20 (fine enough that integer steps do not bias them:
+        # a tick measures 1 or 2 us in whole us).
+        self._est = zeros("i", paths)               # per tick path
+        self._est_n = zeros("H", paths)
+        self._est_all = _Q                          # over all ticks (the prior of a new path)
+        self._est_all_n = 0
+        self._halted = False            # safe_stop ran: motor_drive and uv_set(True) do nothing
+        self.interrupt_us = -1          # pen time the firmware last learned of Ctrl-C or a crash
+        # the USB-CDC link to the host (`inp`: a stream with read(n) that is also its own poll)
+        self._out = out if out is not None else (sys.stdout.buffer if world else _Discard())
+        if inp is not None:
+            self._in_stream = inp
+            self._in_poll = inp
+        elif world:
+            self._in_stream = sys.stdin.buffer
+            self._in_poll = select.poll()
+            self._in_poll.register(sys.stdin, select.POLLIN)
+        else:
+            self._in_stream = self._in_poll = _Discard()
+        self._in_fifo = bytearray()
+        self._fifo = bytearray()
+        self._hold_until_us = origin    # the host stopped reading until then (rig hold_output)
+        self.out_dropped_bytes = 0
+        self._plant_init(seed, origin)
         # rig channel (virtual pen supervisor)
         self._rig_in = None
         self._rig_out = None
         self._rig_poll = None
         self._rig_buf = b""
-        # The plant outlives the interpreter: at exit (Ctrl-C, crash) the final
-        # state goes to the supervisor, which reports it while the REPL runs.
+        self._plant_file = None
+        if not world:
+            return
+        # The plant outlives the interpreter: at exit (Ctrl-C, crash) the final state goes
+        # to the supervisor, which reports it while the REPL runs.
         self._plant_file = os.getenv("PEN_SIM_PLANT_FILE")
         if self._plant_file and hasattr(sys, "atexit"):
             sys.atexit(self._write_final_plant)  # type: ignore[attr-defined]
@@ -110,221 +176,444 @@ class Board:
             self._rig_poll = select.poll()
             self._rig_poll.register(self._rig_in, select.POLLIN)
 
-    # ---- clock ----
+    # ---- core 0's clock ----
 
-    def ticks_us(self):
-        if self.fast_clock:
-            return self._plant_us
-        return ticks_diff(ticks_us(), self._real_origin)
+    def _enter(self):
+        """Core 0 calls into the board: charge its work since its last call, then let the
+        plant and core 1 catch up with it."""
+        now = ticks_us()
+        if self._real:
+            self._core0_us = self._origin_us + ticks_diff(now, self._wall0)
+        elif self._factor:
+            work = ticks_diff(now, self._host_mark)
+            if work > _SUSPECT_HOST_US:
+                work -= self._run_queue_wait(work)
+            self._core0_us += work * self._factor // 1000
+        self._boundary_us = self._core0_us
+        self._catch_up()
 
-    def cpu_ticks_us(self):
-        return ticks_us()
+    def _leave(self):
+        self._boundary_us = self._core0_us
+        if self._sched is not None and ticks_diff(ticks_us(), self._sched_at) > _SCHED_REFRESH_US:
+            self._run_queue_wait(0)          # refresh the mark (not charged: before _host_mark)
+        self._host_mark = ticks_us()
 
-    def wait_until(self, deadline_us, wake=None):
-        """Wait for the deadline; the plant models advance to it. With `wake` (a poll
-        object), return False early when it has input, True at the deadline."""
-        while self._plant_us < deadline_us:
-            self._plant_step()
-        if self.fast_clock:
-            return True                 # simulated time: no waiting (input is polled every pass)
-        origin = self._real_origin
+    def _open_schedstat(self):
+        try:
+            self._sched = open("/proc/thread-self/schedstat", "rb")
+            self._run_queue_wait(0)
+        except OSError:
+            self._sched = None               # no guard on this host (docs/virtual-pen-timing.md)
+
+    def _run_queue_wait(self, limit_us):
+        """Run-queue wait (us) since the last mark, at most `limit_us`; moves the mark.
+        schedstat field 2 is the time this thread was runnable but not running (ns),
+        exact at switch-in: a preemption, not firmware work."""
+        sched = self._sched
+        if sched is None:
+            return 0
+        try:
+            sched.seek(0)
+            size = sched.readinto(self._sched_buf)
+            wait_us = int(bytes(self._sched_buf[:size]).split()[1]) // 1000
+        except (OSError, ValueError, IndexError):
+            return 0
+        waited = wait_us - self._sched_wait_us
+        self._sched_wait_us = wait_us
+        self._sched_at = ticks_us()
+        if waited < 0:
+            waited = 0
+        return waited if waited < limit_us else limit_us
+
+    def _charge(self, pen_us):
+        # Target clock: a cost the host cannot measure (the pen's 1-Wire bus time).
+        if self._factor and not self._real:
+            self._core0_us += pen_us
+            self._catch_up()
+
+    def _catch_up(self):
+        if self._running:
+            self._run_due()
+        else:
+            while self._plant_us + STEP_US <= self._core0_us:
+                self._plant_step()
+
+    def _input_waiting(self):
+        return bool(self._in_fifo) or _readable(self._in_poll)
+
+    def _wait_until(self, until_us, wake):
+        """Core 0 waits (in pen time) until `until_us`; False early when `wake` and the
+        console has input."""
+        if not self._real:
+            if wake and self._input_waiting():
+                return False
+            if until_us > self._core0_us:
+                self._core0_us = until_us
+                self._catch_up()
+            return True
         while True:
-            remaining = deadline_us - ticks_diff(ticks_us(), origin)
+            self._core0_us = self._origin_us + ticks_diff(ticks_us(), self._wall0)
+            self._catch_up()
+            remaining = until_us - self._core0_us
             if remaining <= 0:
                 return True
-            if wake is not None:
-                for _ in wake.ipoll(0):
-                    return False
+            if wake and self._input_waiting():
+                return False
+            self._poll_rig()
+            if self._running and self._deadline_abs - self._core0_us < remaining:
+                remaining = self._deadline_abs - self._core0_us   # wake for core 1's next tick
             if remaining > _SPIN_US:
-                # Sleep in slices so a request is answered within a slice, not a tick.
                 sleep_us(remaining - _SPIN_US if remaining - _SPIN_US < _WAKE_SLICE_US else _WAKE_SLICE_US)
 
-    def _rand(self):
-        x = self._rng
-        x ^= (x << 13) & 0xFFFFFFFF
-        x ^= x >> 17
-        x ^= (x << 5) & 0xFFFFFFFF
-        self._rng = x
-        return x
+    # ---- co-simulated core 1 ----
 
-    def _noise(self, amplitude):
-        return self._rand() % (2 * amplitude + 1) - amplitude
+    def _run_due(self):
+        loop = self._loop
+        while self._running:
+            deadline = self._deadline_abs
+            if deadline > self._core0_us:
+                return
+            start = deadline if deadline >= self._core1_free_us else self._core1_free_us
+            run_at = deadline
+            if start - deadline >= _TICK_US:
+                run_at = deadline + (start - deadline) // _TICK_US * _TICK_US   # pen.loop skips these
+            while self._plant_us < run_at:
+                self._plant_step()          # the plant at the tick's instant, inputs sampled there
+            self._tick(loop, start)
 
-    def _plant_step(self):
-        t0 = self._plant_us
-        self.steps += 1
-        # battery sags under the motor current
-        ocv = _BATT_OCV_MV - self.used_mas // _MAMS_PER_MV
-        if self.inj_low_battery:
-            ocv = 3150
-        vbat = ocv - self.current_ma * _BATT_R_MOHM // 1000
-        self.battery_mv_now = vbat
-        # stroke motor
-        v_app = vbat * self.duty_bp // 10000
-        speed = self.speed_mhz
-        if self.inj_stall:
-            speed = 0
-        emf = speed * _KE_MV_PER_HZ_X10 // 10000
-        if v_app > emf:
-            current = (v_app - emf) * 1000 // _R_MOHM
+    def _tick(self, loop, start):
+        ctl = loop.ctl
+        # Path signature: state, motor phase, depth phase before the tick, and whether it
+        # took a telemetry sample, latched a fault or changed the state.
+        before = (ctl.state * 4 + ctl.motor_phase) * 4 + ctl.depth_phase
+        tm = ctl.tm_count
+        ev_fault = ctl.ev_fault
+        ev_state = ctl.ev_state
+        pending = self._mark_pending
+        pending[0] = False
+        pending[1] = False
+        pending[2] = False
+        pending[3] = False
+        self._in_tick = True
+        host0 = ticks_us()
+        loop.run_tick(start & self._ticks_mask)
+        host1 = ticks_us()
+        self._in_tick = False
+        flags = (tm != ctl.tm_count) + 2 * (ev_fault != ctl.ev_fault) + 4 * (ev_state != ctl.ev_state)
+        if self._factor:
+            cost = self._estimate(before * 8 + flags, ticks_diff(host1, host0)) * self._factor // _Q // 1000
         else:
-            current = 0                 # coasting: the driver does not brake
-        if self.inj_overcurrent and self.duty_bp:
-            current += 3000             # partial winding short
-        if speed > 0 and not self.inj_stall:
-            load = (_LOAD_BASE_MA + speed * _LOAD_MA_PER_HZ_X10 // 10000)
-            load = load + load * self._noise(30) // 1000
-            if speed < 5000:
-                load = load * speed // 5000   # static friction fades in from rest
-            speed += (current - load) * _ACCEL_MHZ_PER_MA
-            if speed < 0:
-                speed = 0
-        elif not self.inj_stall:
-            speed += current * _ACCEL_MHZ_PER_MA
-        self.speed_mhz = speed
-        self.current_ma = current
-        self.used_mas += current
-        # one tach edge per stroke, at its time within the step
-        if speed > 0:
-            before = self.phase
-            phase = before + speed * _STEP_US
-            if phase >= _PHASE_PER_STROKE:
-                phase -= _PHASE_PER_STROKE
-                self.strokes += 1
-                if not self.inj_tach_loss:
-                    self.tach += 1
-                    self.tach_us = t0 + (_PHASE_PER_STROKE - before) // speed
-            self.phase = phase
-        # handpiece temperature
-        target_u = (_AMBIENT_CC + 2 * current) * 10000
-        self.temp_u += (target_u - self.temp_u) // _THERMAL_TAU_MS
-        # UV lamp ageing
-        if self.uv_led and self.lid:
-            self.lamp_on_ms += 1
-        self._plant_us = t0 + _STEP_US
-        self._sample_sensors()
+            cost = 0
+        for which in (0, 1, 2, 3):
+            if pending[which]:
+                # Board calls inside the tick: the measured part of the tick, never more
+                # than the path's estimate.
+                part = ticks_diff(self._mark_host[which], host0) * self._factor // 1000
+                self._stamp(which, start + (part if part < cost else cost))
+        self._core1_free_us = start + cost
+        loop.record_cost(cost)
+        if self._ref is not None:
+            self._ref_countdown -= 1
+            if self._ref_countdown <= 0:
+                self._recalibrate()
+        self._deadline_abs = start + ticks_diff(loop.deadline, start & self._ticks_mask)
 
-    def _sample_sensors(self):
-        # The ADC samples once per plant step (as a free-running ADC scan would);
-        # the tick reads the latest conversions without doing the noise work.
-        self.s_current_ma = self.current_ma + self._noise(8)
-        temp = self.temp_u // 10000 + self._noise(3)
-        if self.inj_overtemp:
-            temp += 1200
-        self.s_temp_cdegc = temp
-        self.s_battery_mv = self.battery_mv_now + self._noise(4)
-        depth = self.carriage_um + self._noise(6)
-        if self.speed_mhz > 0:
-            depth += self._noise(8)
-        self.s_depth_um = depth
-        if self.uv_led and self.lid:
-            self.s_uv_pm = _LAMP_NEW_PM - self.lamp_on_ms // 36000 + self._noise(4)
+    def _estimate(self, path, measured_us):
+        """Smoothed host cost (us * 2**20) of a tick on `path`: running mean of the measured
+        costs (the last 1024 weigh most), a sample above 4x the mean + 2 us rejected as a
+        host hiccup."""
+        mean = self._est[path]
+        count = self._est_n[path]
+        if count == 0:
+            # A path's first tick runs on cold host caches: it is charged the mean of all
+            # ticks, and the path's estimate starts from there.
+            self._est[path] = self._est_all
+            self._est_n[path] = 1
+            return self._est_all
+        if measured_us > 1000:
+            measured_us = 1000            # (a hiccup in any case: keeps the sample a 32-bit int)
+        sample = measured_us * _Q
+        if sample <= 4 * mean + 2 * _Q:
+            if count < 1024:
+                count += 1
+            mean += (sample - mean) // count
+            if self._est_all_n < 1024:
+                self._est_all_n += 1
+            self._est_all += (sample - self._est_all) // self._est_all_n
+        self._est[path] = mean
+        self._est_n[path] = count
+        return mean
+
+    def _calibrate(self):
+        """Target clock: pen us per host us from the reference PI tick (boards/refpi.py),
+        which costs REF_TICK_TARGET_US on the pen. Timed at start-up (the median of several
+        batches), then again between ticks (_recalibrate), so both sides of the ratio are
+        measured under the same host conditions."""
+        from boards.refpi import ReferencePI, host_cost_us
+        board = Board(clock="fast", seed=11, world=False)   # its own plant, no rig, no output
+        pi = ReferencePI(board)
+        self._ref = (pi, board)
+        self._ref_mean = int(host_cost_us(pi, board) * _Q)
+        self._ref_n = _REF_WEIGHT // 4    # the start-up value weighs as much as 256 later calls
+        self._ref_countdown = _REF_EVERY
+        self._factor = REF_TICK_TARGET_US * 1000 * _Q // self._ref_mean
+
+    def _recalibrate(self):
+        # One reference tick, timed like a tick (call by call, between two ticks), into a
+        # running mean with the same hiccup rejection.
+        pi, board = self._ref
+        board._plant_step()
+        start = ticks_us()
+        pi.tick()
+        sample = ticks_diff(ticks_us(), start) * _Q
+        self._ref_countdown = _REF_EVERY
+        mean = self._ref_mean
+        if sample > 4 * mean + 2 * _Q:
+            return                        # a host hiccup, not the host's speed
+        if self._ref_n < _REF_WEIGHT:
+            self._ref_n += 1
+        mean += (sample - mean) // self._ref_n
+        if mean < _Q // 64:
+            mean = _Q // 64               # never below 1/64 us (a sane host)
+        self._ref_mean = mean
+        self._factor = REF_TICK_TARGET_US * 1000 * _Q // mean
+        self.clock_factor_x100 = self._factor // 10
+
+    def _mark(self, which):
+        # Plant time stamps (motor commanded off, UV light off, UV commanded off, carriage
+        # back at the end-stop).
+        if self._in_tick:
+            self._mark_host[which] = ticks_us()
+            self._mark_pending[which] = True
         else:
-            self.s_uv_pm = 0
+            self._stamp(which, self._core0_us)
 
-    # ---- stroke motor ----
+    def _stamp(self, which, t_us):
+        if which == 0:
+            self.motor_off_us = t_us
+        elif which == 1:
+            self.uv_off_us = t_us
+        elif which == 2:
+            self.uv_cmd_off_us = t_us
+        else:
+            self.endstop_us = t_us
 
-    @micropython.native
-    def motor_drive(self, duty_bp):
-        if duty_bp <= 0:
-            self.motor_coast()
-            return
-        self.duty_bp = duty_bp if duty_bp < 10000 else 10000
+    # ---- board interface: clock and the cores ----
 
-    def motor_coast(self):
-        if self.duty_bp:
-            self.motor_off_us = self._plant_us
-        self.duty_bp = 0
+    def ticks_us(self):
+        if self._in_tick:
+            return self._core1_free_us & self._ticks_mask
+        self._enter()
+        now = self._core0_us
+        self._leave()
+        return now & self._ticks_mask
 
-    @micropython.native
-    def tach_count(self):
-        return self.tach
+    def uptime_ms(self):
+        self._enter()
+        now = self._core0_us
+        self._leave()
+        return now // 1000
 
-    @micropython.native
-    def tach_edge_us(self):
-        return self.tach_us
+    def start_control(self, loop):
+        self._enter()
+        # Core 1's deadlines on the plant's 1 ms grid (a sub-ms shift at start-up only).
+        self._deadline_abs = self._core0_us + ticks_diff(loop.deadline, self._core0_us & self._ticks_mask)
+        self._plant_us += (self._deadline_abs - self._plant_us) % STEP_US
+        self._core1_free_us = self._core0_us
+        self._loop = loop
+        self._running = True
+        self._leave()
 
-    @micropython.native
-    def sample(self, buf):
-        buf[_S_CURRENT] = self.s_current_ma
-        buf[_S_BATTERY] = self.s_battery_mv
-        buf[_S_TEMP] = self.s_temp_cdegc
-        buf[_S_DEPTH] = self.s_depth_um
+    def stop_control(self):
+        self._enter()
+        self._running = False
+        if self._loop is not None:
+            self._loop.stopped = True
+        self._leave()
+        return True
 
-    def motor_current_ma(self):
-        return self.s_current_ma
+    def sync(self):
+        self._enter()
+        self._poll_rig()
+        self._drain_out()
+        self._leave()
 
-    def temp_cdegc(self):
-        return self.s_temp_cdegc
+    def idle(self, us, wake=True):
+        """Core 0 waits up to `us`; with `wake`, returns False as soon as the console has
+        input (True after the full wait)."""
+        self._enter()
+        woke = not self._wait_until(self._core0_us + us, wake)
+        self._poll_rig()
+        self._drain_out()
+        self._leave()
+        return not woke
 
-    def battery_mv(self):
-        return self.s_battery_mv
+    # ---- USB-CDC input ----
 
-    # ---- depth actuator ----
+    def read_in(self, buf):
+        """Console bytes available now, without waiting: copied into `buf`; returns how many.
+        The host OS reads are the USB stack's work (not charged, like a pen's USB
+        interrupt filling its FIFO); the copy loop below runs after _leave(), so core 0 is
+        charged a byte loop as the pen's read_in (ipoll + read per byte) would be."""
+        self._enter()
+        fifo = self._in_fifo
+        want = len(buf)
+        while len(fifo) < want and _readable(self._in_poll):
+            byte = self._in_stream.read(1)
+            if not byte:
+                break
+            fifo += byte
+        self._leave()
+        count = len(fifo) if len(fifo) < want else want
+        for index in range(count):
+            buf[index] = fifo[index]
+        self._in_fifo = fifo[count:]
+        return count
 
-    def depth_step(self, direction):
-        if self.inj_depth_jam:
-            return                      # steps lost: the carriage does not follow
-        position = self.carriage_um + direction * _DEPTH_UM_PER_STEP
-        if position < 0:
-            position = 0                # hard stop at the end-stop
-        elif position > _DEPTH_TRAVEL_UM:
-            position = _DEPTH_TRAVEL_UM
-        self.carriage_um = position
+    # ---- USB-CDC output (S15) ----
 
-    def depth_endstop(self):
-        return self.carriage_um <= 0
+    def _held(self):
+        return self._core0_us < self._hold_until_us
 
-    def depth_sensor_um(self):
-        return self.s_depth_um
+    def _drain_out(self):
+        if self._fifo and not self._held():
+            self._out.write(bytes(self._fifo))
+            self._fifo = bytearray()
 
-    # ---- UV dock ----
+    def out_room(self):
+        """Bytes core 0 can write now without blocking."""
+        self._enter()
+        self._drain_out()
+        room = _FIFO_BYTES - len(self._fifo)
+        self._leave()
+        return room
 
-    def lid_closed(self):
-        return self.lid
+    def write_out(self, data):
+        """Write to the host like rp2's USB-CDC: in 64-byte chunks, each waiting up to
+        500 ms of pen time for room in the FIFO (core 0 blocks; core 1 keeps ticking),
+        then the rest is dropped. Returns the bytes written."""
+        self._enter()
+        size = len(data)
+        done = 0
+        while done < size:
+            chunk = size - done if size - done < _USB_CHUNK else _USB_CHUNK
+            self._drain_out()
+            room = _FIFO_BYTES - len(self._fifo)
+            if room < chunk:
+                give_up = self._core0_us + _USB_TIMEOUT_US
+                self._wait_until(give_up if give_up < self._hold_until_us else self._hold_until_us, False)
+                self._drain_out()
+                room = _FIFO_BYTES - len(self._fifo)
+                if chunk > room:
+                    chunk = room
+                if chunk <= 0:
+                    self.out_dropped_bytes += size - done
+                    break
+            self._fifo += data[done:done + chunk]
+            done += chunk
+        self._drain_out()
+        self._leave()
+        return done
 
-    def uv_set(self, on):
-        self.uv_led = bool(on)
-
-    def uv_intensity_pm(self):
-        return self.s_uv_pm
-
-    # ---- cartridge ----
-
-    @micropython.native
-    def cartridge_present(self):
-        return self.cartridge is not None
+    # ---- other core-0 calls ----
 
     def cartridge_id(self):
-        return self.cartridge
-
-    # ---- housekeeping ----
+        self._enter()
+        self._charge(_ONEWIRE_US)
+        cart = self.cartridge
+        self._leave()
+        return cart
 
     def watchdog_feed(self):
         pass
 
+    def service(self):
+        self._enter()
+        self._poll_rig()
+        self._drain_out()
+        self._leave()
+
     def safe_stop(self):
+        """Motor and UV off, no more driving; never raises (any exception, Ctrl-C)."""
         try:
+            self._in_tick = False          # an interrupt may have left a tick half done
+            if not self._halted:
+                self._halted = True
+                # The interrupt came after core 0's last board call: a lower bound of its
+                # pen time (so motor_off_us - interrupt_us bounds the latency from above).
+                self.interrupt_us = self._boundary_us
+                try:
+                    self._enter()
+                except BaseException:  # noqa: B036 - stop the motor whatever happens
+                    pass
             self.motor_coast()
-            self.uv_led = False
-        except Exception:
+            self.uv_set(False)
+        except BaseException:  # noqa: B036
             pass
 
-    def service(self):
+    # ---- rig channel ----
+
+    def _poll_rig(self):
         poll = self._rig_poll
-        if poll is None or not poll.poll(0):
-            return
-        chunk = self._rig_in.read(1)
-        if not chunk:
-            self._rig_poll = None       # supervisor gone
-            return
-        if chunk != b"\n":
-            self._rig_buf += chunk
-            return
-        line = self._rig_buf
-        self._rig_buf = b""
-        reply = self.rig_request(line)
-        self._rig_out.write(reply.encode() + b"\n")
+        while poll is not None and _readable(poll):
+            chunk = self._rig_in.read(1)
+            if not chunk:
+                self._rig_poll = None       # supervisor gone
+                return
+            if chunk != b"\n":
+                self._rig_buf += chunk
+                continue
+            line = self._rig_buf
+            self._rig_buf = b""
+            self._rig_out.write(rigproto.encode(self.rig_request(line)))
+
+    def rig_request(self, line):
+        """The reply (a dict) to one rig request line: applied at the plant's current time."""
+        try:
+            request = rigproto.decode(line)
+        except Exception:
+            return {"ok": False, "error": "bad request"}
+        problem = rigproto.check_request(request)
+        if problem is not None:
+            return {"ok": False, "error": problem}
+        op = request.get("op")
+        if op == rigproto.OP_INJECT:
+            fault = request.get("fault")
+            if not self.inject(fault):
+                return {"ok": False, "error": "unknown fault %s" % fault}
+            return {"ok": True, "fault": fault, "inject_us": self.inject_us}
+        if op == rigproto.OP_CLEAR_INJECTIONS:
+            self.clear_injections()
+            return {"ok": True}
+        if op == rigproto.OP_CARTRIDGE:
+            cart = request.get("id")
+            self.cartridge = None if cart is None else str(cart).upper()
+            self.cartridge_used = request.get("used", False) is True
+            return {"ok": True, "cartridge": self.cartridge, "used": self.cartridge_used}
+        if op == rigproto.OP_LID:
+            closed = request.get("closed") is True
+            if not closed and self._uv_light():
+                self.uv_off_us = self._plant_us     # the hardware interlock darkens the LED at once
+            self.lid = closed
+            return {"ok": True, "lid_closed": self.lid}
+        if op == rigproto.OP_HOLD_OUTPUT:
+            self._hold_until_us = self._plant_us + request.get("ms") * 1000
+            return {"ok": True, "hold_until_us": self._hold_until_us}
+        if op == rigproto.OP_MEASURE:
+            return self.measure()
+        return {"ok": False, "error": "op %s is answered by the supervisor" % op}
+
+    def measure(self):
+        state = self.plant_state()
+        state["ok"] = True
+        state["interrupt_us"] = self.interrupt_us
+        state["clock"] = self.clock_name
+        state["clock_factor_x100"] = self.clock_factor_x100
+        state["core0_us"] = self._core0_us
+        state["output_held"] = self._core0_us < self._hold_until_us
+        state["output_fifo"] = len(self._fifo)
+        state["output_dropped_bytes"] = self.out_dropped_bytes
+        return state
 
     def _write_final_plant(self):
         import json
@@ -333,83 +622,3 @@ class Board:
                 handle.write(json.dumps(self.measure()))
         except Exception:
             pass
-
-    # ---- rig (fault injection, true plant state) ----
-
-    def rig_request(self, line):
-        import json
-        try:
-            request = json.loads(line)
-            op = request.get("op")
-        except Exception:
-            return json.dumps({"ok": False, "error": "bad request"})
-        if op == "inject":
-            fault = request.get("fault")
-            if not self.inject(fault):
-                return json.dumps({"ok": False, "error": "unknown fault %s" % fault})
-            return json.dumps({"ok": True, "fault": fault, "inject_us": self.inject_us})
-        if op == "clear_injections":
-            self.clear_injections()
-            return json.dumps({"ok": True})
-        if op == "cartridge":
-            cart = request.get("id")
-            self.cartridge = None if cart is None else str(cart).upper()
-            return json.dumps({"ok": True, "cartridge": self.cartridge})
-        if op == "lid":
-            self.lid = bool(request.get("closed"))
-            return json.dumps({"ok": True, "lid_closed": self.lid})
-        if op == "measure":
-            return json.dumps(self.measure())
-        return json.dumps({"ok": False, "error": "unknown op %s" % op})
-
-    def inject(self, fault):
-        if fault == "stall":
-            self.inj_stall = True
-        elif fault == "overcurrent":
-            self.inj_overcurrent = True
-        elif fault == "overtemp":
-            self.inj_overtemp = True
-        elif fault == "tach_loss":
-            self.inj_tach_loss = True
-        elif fault == "depth_jam":
-            self.inj_depth_jam = True
-            self.carriage_um += 150     # the carriage slips deeper and sticks
-        elif fault == "cartridge_out":
-            self.cartridge = None
-        elif fault == "lid_open":
-            self.lid = False
-        elif fault == "low_battery":
-            self.inj_low_battery = True
-        else:
-            return False
-        self.inject_us = self._plant_us
-        return True
-
-    def clear_injections(self):
-        self.inj_stall = False
-        self.inj_overcurrent = False
-        self.inj_overtemp = False
-        self.inj_tach_loss = False
-        self.inj_depth_jam = False
-        self.inj_low_battery = False
-        self.lid = True
-
-    def measure(self):
-        return {
-            "ok": True,
-            "t_us": self._plant_us,
-            "depth_um": self.carriage_um,
-            "hz": self.speed_mhz / 1000,
-            "motor_on": self.duty_bp > 0,
-            "duty_bp": self.duty_bp,
-            "current_ma": self.current_ma,
-            "temp_cdegc": self.temp_u // 10000,
-            "battery_mv": self.battery_mv_now,
-            "uv_on": self.uv_led and self.lid,
-            "lid_closed": self.lid,
-            "cartridge": self.cartridge,
-            "strokes": self.strokes,
-            "motor_off_us": self.motor_off_us,
-            "inject_us": self.inject_us,
-            "platform": sys.platform,
-        }

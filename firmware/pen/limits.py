@@ -11,8 +11,14 @@ except ImportError:  # CPython (host tool, tests)
 FIRMWARE_VERSION = "1.0.0"
 PROTOCOL_VERSION = const(2)
 
-# --- control tick (docs/design.md §2: 1 kHz, drift-free) ---
+# --- control tick (docs/design.md §2.3: 1 kHz on core 1, drift-free) ---
 TICK_US = const(1000)
+# Pen-time ms counters in the tick (sample times, fault times) wrap explicitly below
+# 2**30, the RP2040's small-int limit (core 0 unwraps them for the wire).
+MS_MASK = const(0x3FFFFFFF)
+LATE_BUCKET_US = const(5)          # tick lateness histogram: 5 us buckets ...
+LATE_BUCKETS = const(200)          # ... up to 1 ms; the last bucket counts everything later
+CMD_ACK_WAIT_MS = const(50)        # core 1 acknowledges a command within a period; fail closed after this
 
 # --- S1: needle depth set point ---
 DEPTH_MIN_UM = const(250)
@@ -24,8 +30,8 @@ DEPTH_HOME_MAX_STEPS = const(800)  # > travel/step: end-stop not found after thi
 
 # --- S2: depth verification ---
 DEPTH_TOL_UM = const(50)           # |measured - set| allowed once settled
-DEPTH_SETTLE_TICKS = const(20)     # sensor must agree this long after a move
-DEPTH_MOVE_TIMEOUT_TICKS = const(1500)
+DEPTH_SETTLE_MS = const(20)        # sensor must agree this long after a move
+DEPTH_JAM_TIMEOUT_MS = const(375)  # after the last step, the sensor must agree within this: else DEPTH_JAM
 
 # --- S3: stroke frequency ---
 HZ_MIN = const(50)
@@ -42,16 +48,25 @@ MOTOR_FF_MV_PER_HZ_S_X10 = const(5)  # accelerating the rotor: 0.5 mV per Hz/s o
 MOTOR_R_MOHM = const(1000)         # winding resistance: locked-rotor current = V / R
 
 # --- S4: motor protection ---
+# A reading beyond a limit is confirmed by a second reading later in the same tick
+# (rejects a single conversion glitch) and acts at once: motor off within one period
+# plus the tick's own time of the event, never two periods (docs/design.md §2.1 S4).
 TACH_TIMEOUT_PERIODS = const(2)    # driven, no tach edge for 2 expected strokes -> STALL / TACH_LOSS
 STALL_EMF_PCT = const(15)          # back-EMF below 15 % of the applied voltage: rotor not turning
 STALL_MIN_MA = const(300)
-OVERCURRENT_MA = const(1500)       # above this AND above the locked-rotor current: short
+OVERCURRENT_MA = const(1500)       # trips below the DRV8837's 1.8 A rating and the ADC's 3.3 A full scale
+LOCKED_ROTOR_PCT = const(120)      # above 120 % of applied/R: more than a locked rotor draws -> OVERCURRENT
+MOTOR_OFF_MAX_MA = const(100)      # commanded off yet drawing this much: MOTOR_STUCK_ON
+MOTOR_OFF_SETTLE_MS = const(2)     # ... once the current had this long to decay after the off command
+MOTOR_SPINDOWN_MS = const(1000)    # a tach edge later than this after the off command: turning while off
 OVERTEMP_CDEGC = const(4100)       # handpiece >= 41 degC
 BATTERY_MIN_MV = const(3300)
-FAULT_CONFIRM_SAMPLES = const(2)   # analogue faults (and depth deviation) confirmed on 2 samples: <= 2 ticks
 
 # --- S5: sterilisation ---
 UV_MIN_PM = const(800)             # >= 80 % of nominal intensity, continuously
+UV_DARK_MAX_PM = const(50)         # S12: the sensor with the LED off must read below this (before and after)
+UV_MAX_PM = const(1300)            # S12: above this the reading is implausible (lamp 96 %, TIA saturates 1650)
+UV_SETTLE_MS = const(10)           # LED / sensor settling after switching, before a reading counts
 UV_DOSE_TARGET = const(60000000)   # 60 s at nominal: 60000 ms * 1000 pm
 UV_TIMEOUT_MS = const(120000)      # cycle gives up (aborts) after this
 
@@ -59,6 +74,7 @@ UV_TIMEOUT_MS = const(120000)      # cycle gives up (aborts) after this
 SESSION_MIN_S = const(10)
 SESSION_MAX_S = const(1800)
 USED_CARTRIDGES_MAX = const(200)   # oldest forgotten first (IDs are random 64-bit)
+CARTRIDGE_ID_HEX = const(16)       # a 1-Wire ROM ID: 8 bytes, 16 upper-case hex digits
 
 # --- profiles ---
 PROFILE_NAME_MAX = const(24)

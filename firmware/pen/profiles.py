@@ -3,7 +3,13 @@
 # wire carries integer units: depth_um, stroke_hz, max_session_s.
 from . import proto
 from .limits import (
-    DEPTH_MAX_UM, DEPTH_MIN_UM, DEPTH_STEP_UM, HZ_MAX, HZ_MIN, PROFILE_NAME_MAX, SESSION_MAX_S,
+    DEPTH_MAX_UM,
+    DEPTH_MIN_UM,
+    DEPTH_STEP_UM,
+    HZ_MAX,
+    HZ_MIN,
+    PROFILE_NAME_MAX,
+    SESSION_MAX_S,
     SESSION_MIN_S,
 )
 

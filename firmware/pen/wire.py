@@ -70,23 +70,32 @@ except TypeError:
 _CONTROL_ESCAPES = ("\\u00", "\\b", "\\f", "\\n", "\\r", "\\t")
 
 
-def _canonical(value):
+def _canonical(value, _type=type, _str=str, _int=int, _bool=bool, _dict=dict, _list=list, _tuple=tuple):
     """`value` with every dict replaced by an OrderedDict in sorted key order, so one
-    json.dumps call (C code on MicroPython) gives the canonical text."""
-    kind = type(value)
-    if kind is dict:
-        ordered = OrderedDict()
-        for key in sorted(value):
-            if type(key) is not str:
+    json.dumps call (C code on MicroPython) gives the canonical text. The sort and the
+    OrderedDict are built in C from the items; Python only checks each value's type. The
+    builtins are bound as defaults (locals): looked up in the module's globals for each
+    value they cost as much as the rest (the pen's CPU answers `info` within its budget
+    because of it)."""
+    kind = _type(value)
+    if kind is _dict:
+        items = sorted(value.items())     # keys are unique: only the keys get compared
+        for index in range(len(items)):
+            key, item = items[index]
+            if _type(key) is not _str:
                 raise TypeError("frame keys must be str")
-            ordered[key] = _canonical(value[key])
-        return ordered
-    if kind is list or kind is tuple:
+            item_kind = _type(item)
+            if item_kind is _dict or item_kind is _list or item_kind is _tuple:
+                items[index] = (key, _canonical(item))
+            elif not (item_kind is _int or item_kind is _str or item_kind is _bool or item is None):
+                raise TypeError("not encodable on the wire: %s" % item_kind.__name__)
+        return OrderedDict(items)
+    if kind is _list or kind is _tuple:
         for item in value:
-            if type(item) is not int:
+            if _type(item) is not _int:
                 return [_canonical(item) for item in value]
         return value                      # a list of ints (telemetry) as it is
-    if value is None or kind is int or kind is str or kind is bool:
+    if value is None or kind is _int or kind is _str or kind is _bool:
         return value
     raise TypeError("not encodable on the wire: %s" % kind.__name__)
 
@@ -133,12 +142,7 @@ def encode(kind, num, body):
 
 
 def _is_hex8(text):
-    if len(text) != 8:
-        return False
-    for ch in text:
-        if ch not in "0123456789abcdef":
-            return False
-    return True
+    return len(text) == 8 and not text.strip("0123456789abcdef")
 
 
 def decode(line):

@@ -10,24 +10,29 @@ _counter = [0]
 
 
 class _NullOut:
+    """The host side of the pen's USB link: collects the lines the pen wrote."""
+
     def __init__(self):
         self.frames = []
+        self._partial = b""
 
     def write(self, data):
-        self.frames.append(bytes(data))
+        data = self._partial + bytes(data)
+        while True:
+            end = data.find(b"\n")
+            if end < 0:
+                break
+            self.frames.append(data[:end + 1])
+            data = data[end + 1:]
+        self._partial = data
+        return len(data)
 
 
 class _NoInput:
+    """A host that sends nothing (a stream that is also its own poll object)."""
+
     def read(self, n):
         return b""
-
-    def fileno(self):
-        return -1
-
-
-class _NoPoll:
-    def register(self, obj, mask):
-        pass
 
     def poll(self, timeout):
         return []
@@ -63,26 +68,36 @@ def _rmtree(path):
 class Pen:
     """A virtual pen on the fast clock, driven tick by tick from a test."""
 
-    def __init__(self, folder=None, seed=12345):
+    def __init__(self, folder=None, seed=12345, time_start_s=0):
         self.folder = folder or fresh_dir("t")
-        self.power_on(seed)
+        self.power_on(seed, time_start_s=time_start_s)
 
-    def power_on(self, seed=12345):
-        self.board = Board(clock="fast", serial="TEST-1", seed=seed)
-        self.board.store_dir = self.folder + "/data"
+    def power_on(self, seed=12345, clock="fast", time_start_s=0):
         self.out = _NullOut()
-        self.app = App(self.board, out=self.out, inp=_NoInput(), poller=_NoPoll())
+        self.board = Board(clock=clock, serial="TEST-1", seed=seed, out=self.out, inp=_NoInput(),
+                           time_start_s=time_start_s, world=False)
+        self.board.store_dir = self.folder + "/data"
+        self.app = App(self.board)
         self.ctl = self.app.ctl
         self.board.cartridge = getattr(self, "cartridge", None)
 
+    def now_us(self):
+        """Core 0's pen time (us since power-on, plus the clock's start)."""
+        return self.board._core0_us
+
     def run_ms(self, ms):
-        for _ in range(ms):
+        """Let `ms` of pen time pass (the app's loop, as on the pen)."""
+        end = self.board._core0_us + ms * 1000
+        while self.board._core0_us < end:
             self.app.step()
 
     def run_until(self, predicate, limit_ms):
-        for elapsed in range(limit_ms):
+        """Run until predicate() holds; returns the pen time it took (ms)."""
+        start = self.board._core0_us
+        end = start + limit_ms * 1000
+        while self.board._core0_us <= end:
             if predicate():
-                return elapsed
+                return (self.board._core0_us - start) // 1000
             self.app.step()
         raise AssertionError("condition not reached within %d ms (state %s)" % (limit_ms, self.state()))
 
@@ -90,6 +105,8 @@ class Pen:
         return c.STATE_NAMES[self.ctl.state]
 
     def request(self, op, **fields):
+        # As in the app's loop: what core 1 published is acted on before a request.
+        self.app.poll_events()
         body = {"op": op}
         for key in fields:
             body[key] = fields[key]
@@ -115,8 +132,15 @@ class Pen:
         assert reply["ok"], reply
         assert self.request("profile_use", name=name)["ok"]
 
+    def take_events(self, kind=None):
+        """The events written so far (of `kind`), and forget every frame written so far."""
+        found = self.events(kind)
+        self.out.frames = []
+        return found
+
     def events(self, kind=None):
         from pen import wire
+        self.app.poll_events()
         found = []
         for frame in self.out.frames:
             frame_kind, num, body = wire.decode(frame)

@@ -68,18 +68,20 @@ def sterilised_template():
     return _template
 
 
-def unlocked_pen(tag="u", seed=12345):
-    """A new pen (own flash folder) whose flash holds one completed cycle; booted."""
+def unlocked_pen(tag="u", seed=12345, time_start_s=0):
+    """A new pen (own flash folder) whose flash holds one completed cycle; booted. Its
+    clock starts at `time_start_s` seconds of pen time."""
     folder = fwtest.fresh_dir(tag)
     copy_folder(sterilised_template()["folder"] + "/data", folder + "/data")
-    pen = fwtest.Pen(folder, seed=seed)
+    pen = fwtest.Pen(folder, seed=seed, time_start_s=time_start_s)
     assert pen.boot() == "READY", pen.state()
     return pen
 
 
-def ready_pen(depth_um=500, stroke_hz=100, max_session_s=60, cartridge="CA0001", tag="r"):
+def ready_pen(depth_um=500, stroke_hz=100, max_session_s=60, cartridge="CA00010000000000", tag="r",
+              time_start_s=0):
     """An unlocked, READY pen with an active profile and a fresh cartridge."""
-    pen = unlocked_pen(tag)
+    pen = unlocked_pen(tag, time_start_s=time_start_s)
     pen.push_profile(name="p", depth_um=depth_um, stroke_hz=stroke_hz, max_session_s=max_session_s)
     if cartridge is not None:
         pen.insert(cartridge)
@@ -97,7 +99,7 @@ def wait_motor_start(pen, limit_ms=3000):
     return pen.run_until(lambda: pen.board.duty_bp > 0, limit_ms)
 
 
-def running_pen(depth_um=500, stroke_hz=100, max_session_s=60, cartridge="CA0001", settle_ms=600):
+def running_pen(depth_um=500, stroke_hz=100, max_session_s=60, cartridge="CA00010000000000", settle_ms=600):
     """A pen in a session, motor driven and settled for settle_ms."""
     pen = ready_pen(depth_um, stroke_hz, max_session_s, cartridge)
     start_session(pen)

@@ -78,7 +78,7 @@ def test_s1_rejected_depth_changes_nothing_on_the_pen():
 def test_s1_depth_never_clamped_at_session_start():
     # The profile that the session runs is the validated one: the set point the
     # controller receives is exactly the profile depth (2.5 mm), not clamped.
-    pen = penfix.ready_pen(depth_um=2500, cartridge="CA0101")
+    pen = penfix.ready_pen(depth_um=2500, cartridge="CA01010000000000")
     penfix.start_session(pen)
     assert pen.ctl.depth_set_um == 2500
     penfix.wait_motor_start(pen)

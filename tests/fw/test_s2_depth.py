@@ -28,7 +28,7 @@ def _depth_at_motor_start(depth_um, cartridge):
 
 
 def test_s2_depth_accuracy_after_positioning():
-    for depth_um, cart in ((250, "CA0201"), (1000, "CA0202"), (2500, "CA0203")):
+    for depth_um, cart in ((250, "CA02010000000000"), (1000, "CA02020000000000"), (2500, "CA02030000000000")):
         true_um, sensor_mean, sensor_worst = _depth_at_motor_start(depth_um, cart)
         print("S2 depth set %d um: true %d um (error %d um), sensor mean %d um, worst reading %d um off"
               % (depth_um, true_um, true_um - depth_um, sensor_mean, sensor_worst))
@@ -63,7 +63,7 @@ def test_s2_homing_without_endstop_faults():
 
 
 def test_s2_over_depth_fault_motor_off_within_2_ticks():
-    pen = penfix.running_pen(depth_um=1000, cartridge="CA0211")
+    pen = penfix.running_pen(depth_um=1000, cartridge="CA02110000000000")
     assert pen.board.duty_bp > 0
     pen.board.inject("depth_jam")         # carriage slips 0.15 mm deeper and sticks
     ticks = penfix.ticks_until(pen, lambda: pen.board.duty_bp == 0, 10)
@@ -73,12 +73,13 @@ def test_s2_over_depth_fault_motor_off_within_2_ticks():
     assert off_us <= 2000
     assert pen.state() == "FAULT"
     assert pen.request("info")["fault"] == "OVER_DEPTH"
+    pen.run_ms(2)                         # core 0 reports what core 1 published at its next pass
     ends = pen.events("session_end")
     assert len(ends) == 1 and ends[0]["reason"] == "FAULT"
 
 
 def test_s2_depth_deviation_tolerance_is_0_05_mm():
-    pen = penfix.running_pen(depth_um=1000, cartridge="CA0212")
+    pen = penfix.running_pen(depth_um=1000, cartridge="CA02120000000000")
     # 0.03 mm off: the sensor reads at most 30 + 14 um noise off -> inside +-0.05 mm
     pen.board.carriage_um = 1030
     pen.run_ms(1000)
@@ -94,7 +95,7 @@ def test_s2_depth_deviation_tolerance_is_0_05_mm():
 
 
 def test_s2_over_depth_boundary():
-    pen = penfix.running_pen(depth_um=1000, cartridge="CA0213")
+    pen = penfix.running_pen(depth_um=1000, cartridge="CA02130000000000")
     pen.board.carriage_um = 1070          # 0.07 mm deeper: over-depth
     ticks = penfix.ticks_until(pen, lambda: pen.board.duty_bp == 0, 10)
     assert ticks <= 2
@@ -102,10 +103,14 @@ def test_s2_over_depth_boundary():
 
 
 def test_s2_depth_moves_only_while_motor_stopped():
-    pen = penfix.ready_pen(depth_um=2500, max_session_s=10, cartridge="CA0221")
-    penfix.start_session(pen)
+    pen = penfix.ready_pen(depth_um=2500, max_session_s=10, cartridge="CA02210000000000")
     last_um = pen.board.carriage_um
-    moved_deeper = 0
+    penfix.start_session(pen)            # core 1 may take its first step before this returns
+    assert pen.board.duty_bp == 0
+    moved_before = pen.board.carriage_um - last_um
+    assert moved_before in (0, 5)
+    last_um = pen.board.carriage_um
+    moved_deeper = moved_before // 5
     moved_shallower = 0
     driven_ms = 0
     for _ in range(12000):                # the whole session: position, drive, retract

@@ -81,21 +81,21 @@ def _speed_loop(hz, cartridge):
 
 
 def test_s3_speed_loop_50hz():
-    _speed_loop(50, "CA0301")
+    _speed_loop(50, "CA03010000000000")
 
 
 def test_s3_speed_loop_100hz():
-    _speed_loop(100, "CA0302")
+    _speed_loop(100, "CA03020000000000")
 
 
 def test_s3_speed_loop_150hz():
-    _speed_loop(150, "CA0303")
+    _speed_loop(150, "CA03030000000000")
 
 
 def test_s3_speed_holds_over_a_long_session():
     # A 10 s run at 120 Hz: the battery sags and the handpiece warms; the loop
     # keeps the speed within 2 % on every 100 ms average.
-    pen, trace = _step_response(120, "CA0304")
+    pen, trace = _step_response(120, "CA03040000000000")
     target = 120000
     worst = 0
     for _ in range(100):

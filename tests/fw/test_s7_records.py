@@ -14,7 +14,7 @@ def _lockout_path(pen):
 
 
 def test_s7_records_survive_power_on():
-    pen = penfix.ready_pen(cartridge="CA0701", max_session_s=10)
+    pen = penfix.ready_pen(cartridge="CA07010000000000", max_session_s=10)
     pen.push_profile(name="crown", depth_um=750, stroke_hz=120, max_session_s=300)
     assert pen.request("session_start")["ok"]
     pen.run_ms(500)
@@ -31,7 +31,7 @@ def test_s7_records_survive_power_on():
     kinds = [e["kind"] for e in log]
     assert "sterilise" in kinds and "session" in kinds
     session = [e for e in log if e["kind"] == "session"][0]
-    assert session["end"] == "STOPPED" and session["cartridge"] == "CA0701" and session["strokes"] > 0
+    assert session["end"] == "STOPPED" and session["cartridge"] == "CA07010000000000" and session["strokes"] > 0
     after = pen.request("info")["counters"]
     assert after["used_cartridges"] == 1 and after["cycles"] == info["counters"]["cycles"] == 1
     assert after["log_entries"] == info["counters"]["log_entries"]
@@ -69,7 +69,7 @@ def test_s7_corrupt_lockout_record_reads_as_locked():
                 assert crc_from <= pos < crc_from + 8 and mask == 0x20
                 continue
             assert state == "LOCKED", (pos, mask, bytes(bad))
-            assert pen.app.unlocked is False
+            assert pen.app.rec.unlocked is False
     assert equivalent <= 8                  # 8 hex digits of the CRC in the header
     penfix.write_file(_lockout_path(pen), good)
     pen.power_on()
@@ -123,7 +123,7 @@ def test_s7_lockout_record_must_say_unlocked_true():
 
 
 def test_s7_corrupt_profile_and_log_records_read_as_absent():
-    pen = penfix.ready_pen(cartridge="CA0702")
+    pen = penfix.ready_pen(cartridge="CA07020000000000")
     assert pen.request("session_start")["ok"]
     pen.run_ms(200)
     pen.power_on()

@@ -20,7 +20,7 @@ def test_s8_duration_boundaries():
 
 
 def test_s8_session_stops_at_max_session_s():
-    pen = penfix.ready_pen(max_session_s=10, cartridge="CA0801")
+    pen = penfix.ready_pen(max_session_s=10, cartridge="CA08010000000000")
     assert pen.request("session_start")["ok"]
     started = pen.ctl.now_ms
     pen.run_ms(9990)

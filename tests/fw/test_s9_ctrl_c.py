@@ -1,9 +1,41 @@
 # S9: Ctrl-C (a KeyboardInterrupt raised inside the loop, as mpremote's break
-# into the REPL does) stops the motor first. Exercised through App.run (the
-# loop) and through main.main() (the firmware entry point), with the interrupt
-# raised from a board hook in the middle of a driven session. Runs on CPython
-# and MicroPython.
+# into the REPL does) or a crash: the motor goes off first, then the needles retract
+# (depth <= 0.05 mm within 1.5 s), and the session's end is recorded with its true
+# duration and strokes (S14). Exercised through App.run (the loop) and through
+# main.main() (the firmware entry point), with the interrupt raised from a board hook in
+# the middle of a driven session, on the target clock (the pen's CPU speed). Runs on
+# CPython and MicroPython.
 import penfix
+
+RETRACTED_UM = 50            # S9: needles at <= 0.05 mm ...
+RETRACT_US = 1500000         # ... within 1.5 s of the motor going off
+CTRL_C_US = 50000            # Ctrl-C -> motor off: core 0's longest step (docs/notes/fw-timing.md)
+
+
+def _target_session(cartridge):
+    pen = penfix.ready_pen(cartridge=cartridge)
+    pen.power_on(clock="target")          # the same flash, on the pen's CPU speed
+    pen.insert(cartridge)
+    assert pen.boot() == "READY"
+    penfix.start_session(pen)
+    penfix.wait_motor_start(pen)
+    pen.run_ms(500)
+    return pen
+
+
+def _check_shutdown(pen, end):
+    board = pen.board
+    latency = board.motor_off_us - board.interrupt_us
+    retract = board.endstop_us - board.motor_off_us
+    print("S9 %s: motor off %d us after the interrupt, needles at %d um %d us later"
+          % (end, latency, board.carriage_um, retract))
+    assert board.duty_bp == 0 and board.uv_led is False
+    assert 0 <= latency <= CTRL_C_US
+    assert board.carriage_um <= RETRACTED_UM and 0 < retract <= RETRACT_US
+    pen.power_on()                        # the records are in flash
+    assert pen.boot() == "LOCKED"
+    session = [e for e in penfix.log_entries(pen) if e["kind"] == "session"][-1]
+    assert session["end"] == end and session["duration_ms"] >= 500 and session["strokes"] >= 40, session
 
 
 def _interrupt_after(pen, calls, exc):
@@ -21,8 +53,8 @@ def _interrupt_after(pen, calls, exc):
 
 
 def test_s9_ctrl_c_in_app_run_stops_motor():
-    pen = penfix.running_pen(cartridge="CA0901")
-    probe = _interrupt_after(pen, 300, KeyboardInterrupt())
+    pen = _target_session("CA09010000000000")
+    probe = _interrupt_after(pen, 30, KeyboardInterrupt())
     try:
         pen.app.run()
     except KeyboardInterrupt:
@@ -30,16 +62,14 @@ def test_s9_ctrl_c_in_app_run_stops_motor():
     else:
         raise AssertionError("KeyboardInterrupt did not propagate")
     assert probe["duty_before"] > 0                 # it was driving when interrupted
-    assert pen.board.duty_bp == 0
-    assert pen.board.motor_off_us >= 0
-    assert pen.board.uv_led is False
+    _check_shutdown(pen, "CTRL_C")
     crashes = [e for e in penfix.log_entries(pen) if e["kind"] == "crash"]
     assert len(crashes) == 1 and "KeyboardInterrupt" in crashes[0]["error"]
 
 
 def test_s9_exception_in_loop_stops_motor_and_is_logged():
-    pen = penfix.running_pen(cartridge="CA0902")
-    probe = _interrupt_after(pen, 200, RuntimeError("board hook failed"))
+    pen = _target_session("CA09020000000000")
+    probe = _interrupt_after(pen, 20, RuntimeError("board hook failed"))
     try:
         pen.app.run()
     except RuntimeError:
@@ -47,15 +77,9 @@ def test_s9_exception_in_loop_stops_motor_and_is_logged():
     else:
         raise AssertionError("the exception did not propagate")
     assert probe["duty_before"] > 0
-    assert pen.board.duty_bp == 0
-    # the crash is in the log, and the interrupted session left the pen LOCKED
-    pen.power_on()
-    assert pen.boot() == "LOCKED"
-    entries = penfix.log_entries(pen)
-    crashes = [e for e in entries if e["kind"] == "crash"]
-    assert len(crashes) == 1 and "board hook failed" in crashes[0]["error"], entries
-    sessions = [e for e in entries if e["kind"] == "session"]
-    assert sessions[-1]["end"] == "INTERRUPTED"
+    _check_shutdown(pen, "CRASH")                  # and the interrupted session left the pen LOCKED
+    crashes = [e for e in penfix.log_entries(pen) if e["kind"] == "crash"]
+    assert len(crashes) == 1 and "board hook failed" in crashes[0]["error"]
 
 
 def test_s9_ctrl_c_in_main_stops_motor():
@@ -65,7 +89,7 @@ def test_s9_ctrl_c_in_main_stops_motor():
     import main
     from pen import app as app_module
 
-    pen = penfix.ready_pen(cartridge="CA0903")
+    pen = penfix.ready_pen(cartridge="CA09030000000000")
     board = pen.board
     made = {}
     probe = {"driven": 0, "started": False}
@@ -73,7 +97,7 @@ def test_s9_ctrl_c_in_main_stops_motor():
 
     class TestApp(real_app):
         def __init__(self, board):
-            real_app.__init__(self, board, out=pen.out, inp=pen.app.inp, poller=pen.app.poller)
+            real_app.__init__(self, board)
             made["app"] = self
 
     def service():

@@ -155,8 +155,8 @@ def _flash(pen):
 
 def _snapshot(pen):
     app = pen.app
-    return (pen.state(), wire.dumps(app.profiles), app.active, app.unlocked, app.cycles,
-            wire.dumps(app.used), app.event_seq, _flash(pen))
+    return (pen.state(), wire.dumps(app.rec.profiles), app.rec.active, app.rec.unlocked, app.rec.cycles,
+            wire.dumps(app.rec.used), app.event_seq, _flash(pen))
 
 
 def _pen():
@@ -221,7 +221,7 @@ def test_app_accepts_the_unbroken_frames():
 
 
 class _Bytes:
-    """Serial input that yields the given bytes one by one (App._receive)."""
+    """Serial input that yields the given bytes (a stream that is its own poll object)."""
 
     def __init__(self, data):
         self.data = data
@@ -249,8 +249,8 @@ def test_app_receive_oversized_line_is_answered_and_dropped():
     before = _snapshot(pen)
     errors = pen.app.rx_errors
     feed = _Bytes(b'@2,Q,5,' + b"x" * 3000 + b"\n" + v.RM_KEEP[:-1] + b"d\n" + v.PING + b"\n")
-    pen.app.inp = feed
-    pen.app.poller = feed
+    pen.board._in_stream = feed           # the host's bytes on the pen's USB link
+    pen.board._in_poll = feed
     start = len(pen.out.frames)
     for _ in range(200):
         pen.app._receive()
