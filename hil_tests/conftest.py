@@ -11,7 +11,7 @@ three it is. Options:
   and releases it in a `finally` (docs/lab.md). With pytest-xdist (`-n N`), each worker holds one
   place; the controller merges the workers' reports;
 - `--hil-report DIR` (JUnit XML + Markdown/HTML report + plots; every test names its place and pen
-  serial), `--hil-clock fast|real|target` (virtual and lab pens; fast by default).
+  serial), `--hil-clock fast|real|target` (virtual and lab pens; target by default: the pen's CPU speed).
 """
 import collections
 import json
@@ -46,8 +46,8 @@ def pytest_addoption(parser):
     group.addoption("--rig-socket", default=None,
                     help="rig socket (JSON lines, docs/design.md §5) for a real pen's bench fixture")
     group.addoption("--hil-report", default=None, help="write the HIL report into this folder")
-    group.addoption("--hil-clock", default="fast", choices=("fast", "real", "target"),
-                    help="virtual and lab pens' clock (default fast: the same tests, in less wall time)")
+    group.addoption("--hil-clock", default="target", choices=("fast", "real", "target"),
+                    help="virtual and lab pens' clock (default target: the pen's real CPU speed)")
     group.addoption("--lab", default=None, metavar="HOST:PORT|auto",
                     help="run on a place of this labgrid coordinator (auto: the lab of `make lab`)")
     group.addoption("--lab-tags", default=None, metavar="K=V,...",

@@ -1,6 +1,5 @@
 """Telemetry rate and gaps; output that the host stops reading (S15); Ctrl-C stops the
 motor first, then the needles retract (S9), and the session's end is recorded (S14)."""
-import json
 import threading
 import time
 
@@ -80,21 +79,29 @@ def _quiet(call, *args):
         return None
 
 
-def _final_plant(target, rig):
-    """The plant state after the firmware stopped (Ctrl-C): the rig reports it while the
-    REPL runs; a virtual pen also leaves it in its plant file."""
+def _plant(rig):
     try:
-        plant = rig.measure()
+        return rig.measure()
     except RigError:
         return None                   # the firmware is just stopping: ask again
-    if plant["motor_on"]:
+
+
+def _motor_off(rig):
+    plant = _plant(rig)
+    return plant if plant is not None and not plant["motor_on"] else None
+
+
+def _retracted_or_final(target, rig):
+    """The plant once the needles are back (S9), or, on a virtual pen, the state the firmware
+    left when it stopped (its REPL runs: nothing moves any more, retracted or not)."""
+    plant = _plant(rig)
+    if plant is None:
         return None
-    if "interrupt_us" not in plant and target.vpen is not None:
-        try:
-            plant = json.loads(target.vpen._plant_file().read_text())
-        except (OSError, ValueError):
-            return None
-    return plant
+    if plant.get("depth_um") is not None and plant["depth_um"] <= RETRACTED_MM * 1000:
+        return plant
+    if target.vpen is not None and target.vpen.status().get("mode") == "repl":
+        return plant
+    return None
 
 
 def test_s9_ctrl_c_stops_the_motor(target, pen, rig, recorder):
@@ -103,8 +110,9 @@ def test_s9_ctrl_c_stops_the_motor(target, pen, rig, recorder):
     wait_motor(rig, True)
     wait_pen_seconds(pen, 1.0)
     pen.link._write(b"\x03")                      # what mpremote sends to break in
-    measured = wait_for(lambda: _final_plant(target, rig), 10, "motor off after Ctrl-C")
+    measured = wait_for(lambda: _motor_off(rig), 10, "motor off after Ctrl-C")
     recorder.check("motor powered after Ctrl-C", int(measured["motor_on"]), "bool", 0, 0)
+    measured = wait_for(lambda: _retracted_or_final(target, rig), 10, "needles retracted after Ctrl-C")
     assert "interrupt_us" in measured, "the rig does not report when the firmware learned of the interrupt"
     recorder.check("Ctrl-C: motor off after the interrupt",
                    round((measured["motor_off_us"] - measured["interrupt_us"]) / 1000, 3), "ms", 0, CTRL_C_MS)

@@ -203,7 +203,7 @@ def test_lockout_cartridges_and_session_run(fresh_pen, tmp_path):
     port = fresh_pen.port
     ok(run("profile", "push", SCALP, port=port))
     ok(run("profile", "use", "scalp-frontal", port=port))
-    rig(fresh_pen, {"op": "cartridge", "id": "C0FFEE01"})
+    rig(fresh_pen, {"op": "cartridge", "id": "C0FFEE0100000001"})
     assert ok(run("info", port=port))["state"] == "LOCKED"
     error = refused(run("session", "start", port=port), "LOCKED")
     assert "steril" in error["message"]
@@ -213,12 +213,12 @@ def test_lockout_cartridges_and_session_run(fresh_pen, tmp_path):
     assert steril["state"] == "READY" and steril["sterilise"]["result"] == "done"
     refused(run("session", "start", port=port), "NO_CARTRIDGE")
 
-    rig(fresh_pen, {"op": "cartridge", "id": "C0FFEE01"})
+    rig(fresh_pen, {"op": "cartridge", "id": "C0FFEE0100000001"})
     csv_path, png_path = tmp_path / "run.csv", tmp_path / "run.png"
     started = time.monotonic()
     session = ok(run("session", "run", "--seconds", "2", "--csv", csv_path, "--plot", png_path, port=port))
     assert time.monotonic() - started < 30
-    assert session["profile"] == "scalp-frontal" and session["cartridge"] == "C0FFEE01"
+    assert session["profile"] == "scalp-frontal" and session["cartridge"] == "C0FFEE0100000001"
     assert session["end_reason"] == "STOPPED"
     assert session["samples"] >= 90 and session["sample_gaps"] == 0
     with open(csv_path, newline="") as handle:
@@ -241,9 +241,9 @@ def test_lockout_cartridges_and_session_run(fresh_pen, tmp_path):
 
     ok(run("sterilise", port=port))
     error = refused(run("session", "start", port=port), "CARTRIDGE_USED")
-    assert "C0FFEE01" in error["message"]
+    assert "C0FFEE0100000001" in error["message"]
 
-    rig(fresh_pen, {"op": "cartridge", "id": "C0FFEE02"})
+    rig(fresh_pen, {"op": "cartridge", "id": "C0FFEE0200000002"})
     started_session = ok(run("session", "start", "--profile", "scalp-crown", port=port))
     assert started_session["profile"] == "scalp-crown"
     assert ok(run("info", port=port))["state"] == "RUNNING"
@@ -254,12 +254,12 @@ def test_lockout_cartridges_and_session_run(fresh_pen, tmp_path):
 
     entries = ok(run("log", port=port))["entries"]
     sessions = [e for e in entries if e["kind"] == "session"]
-    assert [s["cartridge"] for s in sessions] == ["C0FFEE01", "C0FFEE02"]
+    assert [s["cartridge"] for s in sessions] == ["C0FFEE0100000001", "C0FFEE0200000002"]
     assert sessions[0]["depth_mm"] == 0.5 and sessions[0]["end"] == "STOPPED"
     assert sessions[1]["profile"] == "scalp-crown" and sessions[1]["depth_mm"] == 1.0
     assert [e["result"] for e in entries if e["kind"] == "sterilise"] == ["done", "done"]
     human = run("log", port=port, json_out=False)
-    assert human.rc == 0 and "C0FFEE02" in human.stdout
+    assert human.rc == 0 and "C0FFEE0200000002" in human.stdout
 
 
 def test_sterilise_no_wait_and_lid_abort(fresh_pen):
@@ -363,14 +363,14 @@ def test_session_run_ends_time_limit_fault_and_interrupt(fresh_pen, tmp_path):
 
     # S8: the pen ends the session at max_session_s, before --seconds; that is a normal end.
     ok(run("sterilise", port=port))
-    rig(fresh_pen, {"op": "cartridge", "id": "A1"})
+    rig(fresh_pen, {"op": "cartridge", "id": "A100000000000001"})
     result = ok(run("session", "run", "--seconds", "60", "--profile", "short", port=port))
     assert result["end_reason"] == "TIME_LIMIT" and abs(result["duration_s"] - 10) < 0.1
     assert result["rows"][-1]["t_s"] - result["rows"][0]["t_s"] < 12
 
     # A fault ends it early: exit 1, the recording is still written.
     ok(run("sterilise", port=port))
-    rig(fresh_pen, {"op": "cartridge", "id": "A2"})
+    rig(fresh_pen, {"op": "cartridge", "id": "A200000000000002"})
     csv_path = tmp_path / "fault.csv"
     proc = _start(port, "session", "run", "--seconds", "1800", "--profile", "long", "--csv", csv_path)
     wait_motor(fresh_pen)
@@ -388,7 +388,7 @@ def test_session_run_ends_time_limit_fault_and_interrupt(fresh_pen, tmp_path):
 
     # Ctrl-C (SIGINT) stops the session before penctl exits.
     ok(run("sterilise", port=port))
-    rig(fresh_pen, {"op": "cartridge", "id": "A3"})
+    rig(fresh_pen, {"op": "cartridge", "id": "A300000000000003"})
     interrupted_csv = tmp_path / "interrupted.csv"
     proc = _start(port, "session", "run", "--seconds", "1800", "--profile", "long", "--csv", interrupted_csv)
     wait_motor(fresh_pen)
@@ -403,8 +403,8 @@ def test_session_run_ends_time_limit_fault_and_interrupt(fresh_pen, tmp_path):
     assert rows[0] == TM_HEADER and any(row[1] == "RUNNING" for row in rows[1:])
     assert ok(run("info", port=port))["state"] == "LOCKED"
     sessions = [e for e in ok(run("log", port=port))["entries"] if e["kind"] == "session"]
-    assert [(s["cartridge"], s["end"]) for s in sessions] == [("A1", "TIME_LIMIT"), ("A2", "FAULT"),
-                                                             ("A3", "STOPPED")]
+    assert [(s["cartridge"], s["end"]) for s in sessions] == [("A100000000000001", "TIME_LIMIT"), ("A200000000000002", "FAULT"),
+                                                             ("A300000000000003", "STOPPED")]
 
 
 class _FakePort:
@@ -453,7 +453,7 @@ def test_flash_refused_while_a_session_runs(fresh_pen):
     ok(run("profile", "push", SCALP, port=port))
     ok(run("profile", "use", "scalp-crown", port=port))
     ok(run("sterilise", port=port))
-    rig(fresh_pen, {"op": "cartridge", "id": "F1A5F1A5"})
+    rig(fresh_pen, {"op": "cartridge", "id": "F1A5F1A500000000"})
     ok(run("session", "start", port=port))
     wait_motor(fresh_pen, True)
     error = refused(run("flash", port=port, timeout=120), "BUSY")

@@ -84,7 +84,7 @@ def test_session_run_runs_the_time_asked(pen, tmp_path, dead_client):
     ok(run("profile", "push", profiles, port=pen.port))
     ok(run("profile", "use", "long", port=pen.port))
     ok(run("sterilise", port=pen.port))
-    rig(pen, {"op": "cartridge", "id": "F4E5A001"})
+    rig(pen, {"op": "cartridge", "id": "F4E5A00100000001"})
     with LatencyLink(pen.port, delay_s=0.15) as link:
         if dead_client:
             dead_client_on_the_link(link)
@@ -110,7 +110,7 @@ def test_session_run_ended_by_someone_else_is_not_a_success(pen, tmp_path):
     ok(run("profile", "push", profiles, port=pen.port))
     ok(run("profile", "use", "long", port=pen.port))
     ok(run("sterilise", port=pen.port))
-    rig(pen, {"op": "cartridge", "id": "F4E5A002"})
+    rig(pen, {"op": "cartridge", "id": "F4E5A00200000002"})
     with LatencyLink(pen.port, delay_s=0.0) as link:
         proc = subprocess.Popen(PENCTL + ["--port", link.url, "--json", "session", "run", "--seconds", "1800"],
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)

@@ -43,7 +43,7 @@ def running(tmp_path):
     state = unlocked_state(tmp_path)
     with VirtualPen(state_dir=state, clock="real") as pen:
         wait_state(pen, ("READY",))
-        rig(pen, {"op": "cartridge", "id": "5E5510A1"})
+        rig(pen, {"op": "cartridge", "id": "5E5510A100000001"})
         ok(run("session", "start", port=pen.port))
         wait_motor(pen, True)
         yield pen

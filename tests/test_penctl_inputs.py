@@ -153,7 +153,7 @@ def test_full_disk_after_a_session_saves_the_rows_to_a_fallback_file(tmp_path):
         ok(run("profile", "push", profiles, port=pen.port))
         ok(run("profile", "use", "p", port=pen.port))
         ok(run("sterilise", port=pen.port))
-        rig(pen, {"op": "cartridge", "id": "D15CF011"})
+        rig(pen, {"op": "cartridge", "id": "D15CF01100000001"})
         proc, payload = penctl("session", "run", "--seconds", "2", "--csv", out, port=pen.port,
                                env={"TMPDIR": str(fallback_dir)})
     assert proc.returncode == 2, (proc.stdout, proc.stderr)

@@ -16,7 +16,7 @@ def deep_session(tmp_path):
     state = unlocked_state(tmp_path, DEEP_PROFILE, "deep")
     with VirtualPen(state_dir=state, clock="real") as pen:
         wait_state(pen, ("READY",))
-        rig(pen, {"op": "cartridge", "id": "570BCAFE"})
+        rig(pen, {"op": "cartridge", "id": "570BCAFE00000001"})
         ok(run("session", "start", port=pen.port))
         wait_motor(pen, True)
         yield pen

@@ -41,6 +41,7 @@ _TICK_US = const(1000)            # core 1's period (pen.limits.TICK_US; the loo
 _FIFO_BYTES = const(256)          # rp2's USB-CDC TX FIFO (CFG_TUD_CDC_TX_BUFSIZE, full speed)
 _USB_CHUNK = const(64)            # rp2 writes in endpoint-sized chunks (CFG_TUD_CDC_EP_BUFSIZE) ...
 _USB_TIMEOUT_US = const(500000)   # ... each waits this long for room, then the rest is dropped
+_HOST_GRACE_MS = const(500)       # wall time a full OS pipe to the host is waited for, per stall
 _ONEWIRE_US = const(6000)         # target clock: a cartridge ID read on the pen (docs/hardware.md)
 _SUSPECT_HOST_US = const(50)      # a longer core-0 interval is checked for run-queue waits ...
 _SCHED_REFRESH_US = const(10000)  # ... measured from a mark refreshed at least this often
@@ -52,12 +53,12 @@ _REF_EVERY = const(8)             # target: time one reference PI tick every thi
 _REF_WEIGHT = const(1024)         # ... into a running mean over about this many
 
 
-def _readable(poller):
+def _readable(poller, timeout_ms=0):
     if hasattr(poller, "ipoll"):
-        for _ in poller.ipoll(0):   # MicroPython: no allocation
+        for _ in poller.ipoll(timeout_ms):   # MicroPython: no allocation
             return True
         return False
-    return bool(poller.poll(0))
+    return bool(poller.poll(timeout_ms))
 
 
 class _Discard:
@@ -141,6 +142,11 @@ class Board(Plant):
         self.interrupt_us = -1          # pen time the firmware last learned of Ctrl-C or a crash
         # the USB-CDC link to the host (`inp`: a stream with read(n) that is also its own poll)
         self._out = out if out is not None else (sys.stdout.buffer if world else _Discard())
+        self._out_poll = None           # the OS pipe to the host (None: always takes the bytes)
+        if out is None and world:
+            self._out_poll = select.poll()
+            self._out_poll.register(sys.stdout, select.POLLOUT)
+        self._host_stalled = False      # the host has not read for _HOST_GRACE_MS of wall time
         if inp is not None:
             self._in_stream = inp
             self._in_poll = inp
@@ -476,9 +482,22 @@ class Board(Plant):
         return self._core0_us < self._hold_until_us
 
     def _drain_out(self):
-        if self._fifo and not self._held():
-            self._out.write(bytes(self._fifo))
-            self._fifo = bytearray()
+        # The host paces the link (docs/design.md §5.2): this pen runs faster than real time, so
+        # a host that reads slower than it writes (the OS pipe is full) is waited for outside pen
+        # time, up to _HOST_GRACE_MS of wall time per stall. A host still not reading after that
+        # has stopped reading: the FIFO then stops draining in pen time, as rp2's does, and the
+        # pen goes on (core 0's writes time out, telemetry is dropped, core 1 never waits).
+        if not self._fifo or self._held():
+            return
+        poll = self._out_poll
+        if poll is not None and not _readable(poll):
+            if self._host_stalled or not _readable(poll, _HOST_GRACE_MS):
+                self._host_stalled = True
+                return
+        self._host_stalled = False
+        # At most _FIFO_BYTES (< PIPE_BUF): a pipe that polls writable takes them without blocking.
+        self._out.write(bytes(self._fifo))
+        self._fifo = bytearray()
 
     def out_room(self):
         """Bytes core 0 can write now without blocking."""

@@ -8,7 +8,6 @@ on the fast clock and copied into each pen's own flash folder: what a power cycl
 """
 from __future__ import annotations
 
-import json
 import secrets
 import shutil
 import socket
@@ -80,12 +79,12 @@ class TargetPen:
         return self.rig(op="measure")
 
     def final_plant(self) -> dict:
-        """The plant state the firmware left at exit (after Ctrl-C: the REPL runs)."""
-        rep = self.measure()
-        if "interrupt_us" in rep and "depth_um" in rep and rep.get("depth_um") is not None:
-            return rep
-        # The supervisor reports a subset while the REPL runs; the plant file has it all.
-        return json.loads(self.vpen._plant_file().read_text())
+        """The plant state the firmware left at exit (after Ctrl-C: once the REPL runs, the
+        virtual pen's measure reports every key of it). Empty while the firmware still runs:
+        between the Ctrl-C and its exit a measure is answered live (the needles still move)."""
+        if self.vpen.status().get("mode") != "repl":
+            return {}
+        return self.measure()
 
     # ---- waits (pen time passes at the target clock's own pace) ----
 
