@@ -78,8 +78,9 @@ def test_s6_cartridge_removal_stops_motor(pen, rig, recorder):
     wait_state(pen, ("LOCKED", "FAULT"))
     measured = rig.measure()
     assert not measured["motor_on"]
-    recorder.check("motor off after cartridge removal", (measured["motor_off_us"] - injected["inject_us"]) / 1000,
-                   "ticks", 0, 2)
+    # S6: the motor stops within 2 ms of pen time of the removal
+    recorder.check("motor off after cartridge removal",
+                   round((measured["motor_off_us"] - injected["inject_us"]) / 1000, 3), "ms", 0, 2.0)
     entry = last_log(pen, "session")
     assert entry["end"] == "CARTRIDGE_OUT"
 

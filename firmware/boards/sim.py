@@ -42,6 +42,7 @@ _FIFO_BYTES = const(256)          # rp2's USB-CDC TX FIFO (CFG_TUD_CDC_TX_BUFSIZ
 _USB_CHUNK = const(64)            # rp2 writes in endpoint-sized chunks (CFG_TUD_CDC_EP_BUFSIZE) ...
 _USB_TIMEOUT_US = const(500000)   # ... each waits this long for room, then the rest is dropped
 _HOST_GRACE_MS = const(500)       # wall time a full OS pipe to the host is waited for, per stall
+_EST_SETTLED = const(32)          # samples after which a tick path's own mean is trusted
 _ONEWIRE_US = const(6000)         # target clock: a cartridge ID read on the pen (docs/hardware.md)
 _SUSPECT_HOST_US = const(50)      # a longer core-0 interval is checked for run-queue waits ...
 _SCHED_REFRESH_US = const(10000)  # ... measured from a mark refreshed at least this often
@@ -105,6 +106,13 @@ class Board(Plant):
         self._ref_mean = 0                             # its host cost, us * _Q (running mean)
         self._ref_n = 0
         self._ref_countdown = 0
+        # Tick-path costs are kept in a host-independent unit: host us on the real clock; on
+        # the target clock, reference PI ticks (each sample divided by the reference's cost at
+        # that moment), so a rare path's estimate stays right when the host's speed changes
+        # (load, caches) between its samples. `_unit` is that unit in host us * _Q; a cost in
+        # units converts to pen us with `_unit_pen_us`.
+        self._unit = _Q
+        self._unit_pen_us = 1
         if clock == "target":
             self._calibrate()
         self.clock_factor_x100 = self._factor // 10 if clock == "target" else 0
@@ -132,7 +140,7 @@ class Board(Plant):
         self._mark_pending = [False, False, False, False]
         self._mark_host = [0, 0, 0, 0]
         paths = _PATHS if self._factor else 1      # the fast clock charges nothing: no table
-        # Running means in host us * 2**20 (fine enough that integer steps do not bias them:
+        # Running means in `_unit`s * 2**20 (fine enough that integer steps do not bias them:
         # a tick measures 1 or 2 us in whole us).
         self._est = zeros("i", paths)               # per tick path
         self._est_n = zeros("H", paths)
@@ -306,16 +314,18 @@ class Board(Plant):
         host1 = ticks_us()
         self._in_tick = False
         flags = (tm != ctl.tm_count) + 2 * (ev_fault != ctl.ev_fault) + 4 * (ev_state != ctl.ev_state)
+        host_total = ticks_diff(host1, host0)
         if self._factor:
-            cost = self._estimate(before * 8 + flags, ticks_diff(host1, host0)) * self._factor // _Q // 1000
+            cost = self._estimate(before * 8 + flags, host_total) * self._unit_pen_us // _Q
         else:
             cost = 0
         for which in (0, 1, 2, 3):
             if pending[which]:
-                # Board calls inside the tick: the measured part of the tick, never more
-                # than the path's estimate.
-                part = ticks_diff(self._mark_host[which], host0) * self._factor // 1000
-                self._stamp(which, start + (part if part < cost else cost))
+                # Board calls inside the tick (motor off ...): the same share of the path's
+                # estimate as of the measured tick (the host's noise is in both parts).
+                part = ticks_diff(self._mark_host[which], host0)
+                part = cost * part // host_total if 0 < part < host_total else (cost if part > 0 else 0)
+                self._stamp(which, start + part)
         self._core1_free_us = start + cost
         loop.record_cost(cost)
         if self._ref is not None:
@@ -325,9 +335,13 @@ class Board(Plant):
         self._deadline_abs = start + ticks_diff(loop.deadline, start & self._ticks_mask)
 
     def _estimate(self, path, measured_us):
-        """Smoothed host cost (us * 2**20) of a tick on `path`: running mean of the measured
-        costs (the last 1024 weigh most), a sample above 4x the mean + 2 us rejected as a
-        host hiccup."""
+        """Smoothed cost (`_unit`s * 2**20) of a tick on `path`: running mean of the measured
+        costs (the last 1024 weigh most). Host noise only ever adds time: a sample above 4x
+        the path's mean + 2 us is rejected as a host hiccup, and while a path has fewer than
+        _EST_SETTLED samples (a rare path: a fault, a phase change) each sample is capped at
+        twice the mean of all ticks + 1 us, so one hiccup cannot make a rare path's estimate,
+        and the tick and reaction times it sets, many times too long (the pen's longest tick
+        path costs about 1.5x its mean)."""
         mean = self._est[path]
         count = self._est_n[path]
         if count == 0:
@@ -336,10 +350,16 @@ class Board(Plant):
             self._est[path] = self._est_all
             self._est_n[path] = 1
             return self._est_all
-        if measured_us > 1000:
-            measured_us = 1000            # (a hiccup in any case: keeps the sample a 32-bit int)
-        sample = measured_us * _Q
-        if sample <= 4 * mean + 2 * _Q:
+        unit = self._unit
+        one_us = _Q * _Q // unit          # 1 host us in the estimates' units
+        sample = measured_us * one_us
+        if sample > 0x3FFFFFFF:
+            sample = 0x3FFFFFFF           # a hiccup in any case: keeps the means 32-bit ints
+        if count < _EST_SETTLED:
+            cap = 2 * self._est_all + one_us
+            if sample > cap:
+                sample = cap
+        if sample <= 4 * mean + 2 * one_us:
             if count < 1024:
                 count += 1
             mean += (sample - mean) // count
@@ -363,6 +383,8 @@ class Board(Plant):
         self._ref_n = _REF_WEIGHT // 4    # the start-up value weighs as much as 256 later calls
         self._ref_countdown = _REF_EVERY
         self._factor = REF_TICK_TARGET_US * 1000 * _Q // self._ref_mean
+        self._unit = self._ref_mean
+        self._unit_pen_us = REF_TICK_TARGET_US
 
     def _recalibrate(self):
         # One reference tick, timed like a tick (call by call, between two ticks), into a
@@ -383,6 +405,7 @@ class Board(Plant):
             mean = _Q // 64               # never below 1/64 us (a sane host)
         self._ref_mean = mean
         self._factor = REF_TICK_TARGET_US * 1000 * _Q // mean
+        self._unit = mean
         self.clock_factor_x100 = self._factor // 10
 
     def _mark(self, which):
