@@ -136,6 +136,7 @@ def test_target_fault_latch_survives_power_cut_and_clear_refused_while_present(t
 
 @pytest.mark.parametrize("fault,reason", [("uv_sensor_stuck", "UV_SENSOR_STUCK"), ("uv_led_dead", "UV_LED_DEAD")])
 def test_target_uv_fault_aborts_the_cycle(tpen, fault, reason):
+    tpen.wait_state("LOCKED", "READY")                 # homed after power-on (else BUSY)
     assert tpen.rig(op="inject", fault=fault)["ok"]
     with pytest.raises(PenRefused) as refused:
         tpen.pen.sterilise(wait=True)

@@ -284,15 +284,22 @@ class App:
         board = self.board
         ring = ctl.tm_ring
         fields = proto.TM_FIELDS
-        pending = (ctl.tm_count - self.tm_sent) & lim.MS_MASK
-        if pending > lim.TELEMETRY_RING:
-            skipped = pending - lim.TELEMETRY_RING
-            self.tm_dropped += skipped
-            self.tm_sent = (self.tm_sent + skipped) & lim.MS_MASK
-            pending = lim.TELEMETRY_RING
-        while pending and self.tm_on:
+        while self.tm_on:
+            # Core 1 keeps sampling while a write waits (up to 500 ms per chunk): the backlog is
+            # read again before every sample, so a slot it has overwritten is never sent.
+            pending = (ctl.tm_count - self.tm_sent) & lim.MS_MASK
+            if not pending:
+                return
+            if pending > lim.TELEMETRY_RING - 1:
+                skipped = pending - (lim.TELEMETRY_RING - 1)
+                self.tm_dropped += skipped
+                self.tm_sent = (self.tm_sent + skipped) & lim.MS_MASK
+                self._lease_used(skipped)
+                continue
             base = (self.tm_sent % lim.TELEMETRY_RING) * fields
             sample = list(ring[base:base + fields])
+            if ((ctl.tm_count - self.tm_sent) & lim.MS_MASK) > lim.TELEMETRY_RING - 1:
+                continue                   # overwritten while it was copied: skipped above
             sample[proto.TM_T_MS] = self.full_ms(sample[proto.TM_T_MS])
             frame = wire.encode(wire.KIND_EVENT, self.event_seq, {"ev": "tm", "sub": self.tm_sub,
                                                                    "n": self.tm_sent, "s": sample})
@@ -302,11 +309,13 @@ class App:
             else:
                 self.tm_dropped += 1       # S15: a host that stops reading costs samples, never a tick
             self.tm_sent = (self.tm_sent + 1) & lim.MS_MASK
-            pending -= 1
-            self.tm_left -= 1
-            if self.tm_left <= 0:
-                self.tm_on = False         # lease used up: the host did not renew it
-                self.event({"ev": "tm_end", "sub": self.tm_sub, "reason": "LEASE"})
+            self._lease_used(1)
+
+    def _lease_used(self, samples):
+        self.tm_left -= samples
+        if self.tm_left <= 0 and self.tm_on:
+            self.tm_on = False             # lease used up: the host did not renew it
+            self.event({"ev": "tm_end", "sub": self.tm_sub, "reason": "LEASE"})
 
     def _receive(self):
         """Parse console input (at most RX_BYTES_PER_PASS bytes read per pass); handle at
