@@ -72,12 +72,14 @@ def test_s7_power_loss_store_records(tmp_path):
     folder = str(tmp_path / "flash")
     committed = {}            # record name -> version read back after the previous kill
     mid_write = 0
+    no_write = 0
     new_version_seen = 0
     tmp_left = 0
     started = time.monotonic()
     for kill in range(STORE_KILLS):
         events = _kill_during("store", folder, rng.uniform(0.0, 0.08))
-        assert events, "no write was started before the kill"
+        if not events:
+            no_write += 1      # killed before its first write (a loaded host): nothing may change
         allowed = {}
         last_done = dict(committed)
         for action, name, version in events:
@@ -88,7 +90,7 @@ def test_s7_power_loss_store_records(tmp_path):
                 assert action == "D"
                 last_done[name] = version
                 allowed[name] = {version}
-        if events[-1][0] == "B":
+        if events and events[-1][0] == "B":
             mid_write += 1
         back = _read_back(folder)
         records = back["records"]
@@ -96,7 +98,7 @@ def test_s7_power_loss_store_records(tmp_path):
             ok = allowed.get(name, {committed.get(name)})
             assert version in ok, ("kill %d: record %s reads %r, allowed %r; last events %r"
                                    % (kill, name, version, ok, events[-3:]))
-        if events[-1][0] == "B" and records[events[-1][1]] == int(events[-1][2]):
+        if events and events[-1][0] == "B" and records[events[-1][1]] == int(events[-1][2]):
             new_version_seen += 1    # killed after the rename, before "D" was printed
         # the restarted pen reads the lockout state exactly as the record says
         lockout = records["lockout"]
@@ -110,6 +112,7 @@ def test_s7_power_loss_store_records(tmp_path):
           "%d left a .tmp file, 0 corrupt or mixed records; last version %d"
           % (STORE_KILLS, elapsed, mid_write, new_version_seen, tmp_left, committed.get("lockout", 0)))
     assert mid_write >= STORE_KILLS // 4          # the kills really hit writes
+    assert no_write <= STORE_KILLS // 4
     assert committed.get("lockout", 0) > STORE_KILLS  # and the writer made progress
 
 

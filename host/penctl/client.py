@@ -106,6 +106,8 @@ class Pen:
     STOP_TIMEOUT_S = 10.0
     #: pause between `info` polls while waiting for a session to end
     STOP_POLL_S = 0.1
+    #: once `info` shows a session over, how long to wait for its `session_end` event
+    END_EVENT_GRACE_S = 0.5
 
     def __init__(self, port=None, timeout=None, open_timeout=None, connect=True, serial_number=None,
                  trace=None):
@@ -340,6 +342,19 @@ class Pen:
             if (raw.get("state") in ENDED_STATES and raw.get("hz_chz") == 0 and isinstance(depth, int)
                     and abs(depth) <= RETRACTED_MAX_UM):
                 log.info("session %s is over: state %s, depth %d um", session, raw["state"], depth)
+                # The pen sends the session's end event in the pass that sees it end, which may
+                # come just after its answer to `info`: wait briefly so the result carries it.
+                grace = min(self.END_EVENT_GRACE_S, max(0.0, deadline - time.monotonic()))
+                settle = time.monotonic() + grace
+                while end is None and time.monotonic() < settle:
+                    event = self.link.next_event(max(0.0, settle - time.monotonic()))
+                    if event is None:
+                        break
+                    body = event[1]
+                    if body.get("ev") == "session_end" and session is not None and body.get("id") == session:
+                        end = body
+                    if on_event is not None:
+                        on_event(body)
                 return {"state": raw["state"], "depth_mm": _mm(depth), "session_end": end}
             if time.monotonic() >= deadline:
                 state = raw.get("state") if not raw.get("fault") else "%s (%s)" % (raw.get("state"), raw.get("fault"))
