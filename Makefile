@@ -31,7 +31,9 @@ $(STAMP): pyproject.toml constraints.txt Makefile
 
 test: setup lab-setup
 	rm -rf build/junit hil_report
-	$(BIN)/python -m pytest -q -p no:cacheprovider tests --junitxml=build/junit/tests.xml
+	# Three workers on two cores: most tests wait on virtual pens and subprocesses. One file per
+	# worker (loadfile): a file's fixtures and its MicroPython runs stay together.
+	$(BIN)/python -m pytest -q -p no:cacheprovider -n 3 --dist loadfile tests --junitxml=build/junit/tests.xml
 	$(MAKE) --no-print-directory check
 	$(BIN)/python -m pytest -q -p no:cacheprovider hil_tests --hil-report=hil_report
 	$(MAKE) --no-print-directory trace
