@@ -44,6 +44,8 @@ _USB_TIMEOUT_US = const(500000)   # ... each waits this long for room, then the 
 _HOST_GRACE_MS = const(500)       # wall time a full OS pipe to the host is waited for, per stall
 _EST_SETTLED = const(32)          # samples after which a tick path's own mean is trusted
 _ONEWIRE_US = const(6000)         # target clock: a cartridge ID read on the pen (docs/hardware.md)
+_MARK_READ_US = const(8000)       # ... reading its used mark (MATCH ROM + READ MEMORY, twice)
+_MARK_WRITE_US = const(20000)     # ... writing it (scratchpad round trip, COPY, tPROG 10 ms max + margin, read back)
 _SUSPECT_HOST_US = const(50)      # a longer core-0 interval is checked for run-queue waits ...
 _SCHED_REFRESH_US = const(10000)  # ... measured from a mark refreshed at least this often
 _SPIN_US = const(60)              # real clock: busy-wait the last part of a wait
@@ -566,6 +568,27 @@ class Board(Plant):
         self._leave()
         return cart
 
+    def cartridge_used(self):
+        """S19: True if the inserted cartridge carries the used mark; OSError if its memory
+        cannot be read (no cartridge, or the injection cartridge_memory_fail)."""
+        self._enter()
+        self._charge(_MARK_READ_US)
+        try:
+            return self.cartridge_marked(self._cartridge_memory())
+        finally:
+            self._leave()
+
+    def cartridge_mark_used(self):
+        """S19: write the used mark on the inserted cartridge; OSError on any failure. The mark
+        goes to the supervisor's plant file at once: the cartridge keeps it across a power cut."""
+        self._enter()
+        self._charge(_MARK_WRITE_US)
+        try:
+            self.set_cartridge_mark(self._cartridge_memory())
+        finally:
+            self._leave()
+        self._write_final_plant()
+
     def watchdog_feed(self):
         pass
 
@@ -630,8 +653,10 @@ class Board(Plant):
         if op == rigproto.OP_CARTRIDGE:
             cart = request.get("id")
             self.cartridge = None if cart is None else str(cart).upper()
-            self.cartridge_used = request.get("used", False) is True
-            return {"ok": True, "cartridge": self.cartridge, "used": self.cartridge_used}
+            if self.cartridge is not None and request.get("used", False) is True:
+                self.set_cartridge_mark(self.cartridge)    # used elsewhere; "used": false keeps a mark
+            return {"ok": True, "cartridge": self.cartridge,
+                    "used": self.cartridge is not None and self.cartridge_marked(self.cartridge)}
         if op == rigproto.OP_LID:
             closed = request.get("closed") is True
             if not closed and self._uv_light():
@@ -659,6 +684,8 @@ class Board(Plant):
 
     def _write_final_plant(self):
         import json
+        if not self._plant_file:
+            return
         try:
             with open(self._plant_file, "w") as handle:
                 handle.write(json.dumps(self.measure()))

@@ -8,9 +8,10 @@ import gc
 from . import control as c
 from . import limits as lim
 from . import ops, proto, wire
+from .clinical import Clinical
 from .compat import ticks_diff
 from .loop import ControlLoop
-from .records import Records
+from .records import GuardedStore, Records
 from .store import Store, StoreError
 
 _IDLE_US = 1000            # core 0 waits at most this long for input between passes
@@ -59,6 +60,10 @@ class App:
         rec = self.rec
         rec.load()
         rec.close_interrupted()    # S14: sessions a power cut ended
+        # S16-S20 (docs/clinical.md): on core 0 only; its records go through the same flash
+        # guard as the application's own.
+        self.clinical = Clinical(GuardedStore(rec), board, pen_ms=self.now_ms, busy=self.clinical_busy,
+                                 find_profile=rec.find_profile)
         self.ctl.boot(rec.fault, c.READY if rec.unlocked else c.LOCKED)
 
     # ---- clocks ----
@@ -105,6 +110,12 @@ class App:
         board.safe_stop()
         raise ops.PenError(proto.E_INTERNAL, "the control core did not acknowledge; outputs off")
 
+    def clinical_busy(self):
+        """Clinical ops write flash: refused (BUSY) in a session or a cycle, and whenever the
+        control core says the motor or the UV LED is on."""
+        self.board.sync()
+        return self.ctl.state in (c.RUNNING, c.STERILISING) or not self._flash_ok()
+
     def _flash_ok(self):
         # Flash writes stop both cores on the RP2040: only with the motor and UV off and
         # nothing about to switch them on (a session or a cycle before its end).
@@ -136,6 +147,7 @@ class App:
         if self.tm_on and self.tm_sent != ctl.tm_count:
             self._send_telemetry()
         board.service()
+        self.clinical.service()        # nonce expiry, the wall clock's pen-time base
         ticks = self.loop.ticks
         if ticks != self._wd_ticks:    # fed only while core 1 makes progress
             self._wd_ticks = ticks
@@ -202,6 +214,9 @@ class App:
         if fault != c.F_NONE:
             entry["fault"] = c.FAULT_NAMES[fault]
         self.rec.log_safely(entry)
+        # S18: a session counts as a treatment once the motor was driven (core 1 counts
+        # session_ms only while driving); one that never drove it gives its interval back.
+        self.clinical.session_ended(entry["profile"], duration_ms > 0 or strokes > 0)
         body = {"ev": "session_end", "id": entry["id"], "reason": end, "duration_ms": duration_ms,
                 "strokes": strokes}
         if fault != c.F_NONE:
