@@ -25,6 +25,7 @@ import time
 
 from penctl import profiles as host_profiles
 from penctl import streaming
+from penctl.clinical import clinical_info_to_host
 from penctl.discover import resolve_port
 from penctl.errors import LinkError, PenRefused, ProtocolError, UsageError
 from penctl.firmware.pen import limits as lim
@@ -172,7 +173,8 @@ class Pen:
 
     handshake = ping
 
-    _INFO_CONVERTED = ("depth_um", "depth_set_um", "hz_chz", "hz_set_chz", "limits", "counters")
+    _INFO_CONVERTED = ("depth_um", "depth_set_um", "hz_chz", "hz_set_chz", "limits", "counters",
+                       "depth_ceiling_um", "utc_s", "audit_next")   # the clinical ones: penctl.clinical
 
     def info(self):
         """`info` in host units; fields this penctl does not convert are passed through unchanged."""
@@ -196,6 +198,7 @@ class Pen:
             },
             "counters": counters,
         })
+        out.update(clinical_info_to_host(raw))   # S16-S20: ceiling, key provisioned (never the key), clock, lock
         for key in ("firmware", "protocol", "board", "serial", "state", "fault", "unlocked", "profile", "clock"):
             out.setdefault(key, None)
         if "uptime_ms" in counters:
