@@ -7,6 +7,7 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -83,10 +84,21 @@ def wait_state(vpen, want, timeout=10):
         time.sleep(0.1)
 
 
+def full_depth_range(pen):
+    """A factory-fresh pen allows 0.5 mm (S16): the clinician opens the whole range (2.5 mm) with a
+    key of its own, through penctl, so the example profiles (up to 1.5 mm) can be used."""
+    folder = tempfile.mkdtemp(prefix="penctl-key-")
+    key_file = os.path.join(folder, "pen.penkey")
+    ok(run("key", "new", "--key-file", key_file))
+    ok(run("key", "provision", "--key-file", key_file, port=pen.port))
+    ok(run("ceiling", "set", "2.5", "--key-file", key_file, port=pen.port))
+
+
 @pytest.fixture(scope="module")
 def vpen():
     with VirtualPen(clock="fast") as pen:
         wait_state(pen, ("LOCKED", "READY"))
+        full_depth_range(pen)
         yield pen
 
 
@@ -94,6 +106,7 @@ def vpen():
 def fresh_pen():
     with VirtualPen(clock="fast") as pen:
         wait_state(pen, ("LOCKED", "READY"))
+        full_depth_range(pen)
         yield pen
 
 

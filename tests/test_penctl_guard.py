@@ -21,7 +21,7 @@ from penctl.errors import NoAnswer, PenRefused
 from penctl.firmware.pen import wire
 from pensim.supervisor import VirtualPen
 
-LONG_PROFILE = '[[profile]]\nname = "long"\ndepth_mm = 1.0\nstroke_hz = 100\nmax_session_s = 1800\n'
+LONG_PROFILE = '[[profile]]\nname = "long"\ndepth_mm = 0.5\nstroke_hz = 100\nmax_session_s = 1800\n'
 
 
 def unlocked_state(tmp_path, profile_text=LONG_PROFILE, name="long"):

@@ -232,6 +232,14 @@ class Pen:
                                                             if k not in ("depth_um", "depth_mm")}
             host_tables.append(profile)
         wire_profiles = host_profiles.validate_profiles(host_tables, source="profile_push")
+        # S16: the pen refuses profiles deeper than its ceiling; say so before the first is stored.
+        ceiling_um = self.request("info").get("depth_ceiling_um")
+        deeper = [p for p in wire_profiles if isinstance(ceiling_um, int) and p["depth_um"] > ceiling_um]
+        if deeper:
+            raise PenRefused("DEPTH_CEILING", "%s deeper than this pen's depth ceiling of %s mm; nothing was stored "
+                             "(the clinician can change it: penctl ceiling set MM --key-file F)" % (
+                                 ", ".join("profile '%s' (%s mm) is" % (p["name"], _mm(p["depth_um"]))
+                                           for p in deeper), _mm(ceiling_um)), "depth_mm")
         on_pen = {p["name"] for p in self.profile_list()["profiles"]}
         total = len(on_pen | {p["name"] for p in wire_profiles})
         if total > PROFILES_MAX:
