@@ -182,7 +182,7 @@ def test_profile_push_list_use_rm(vpen):
     listing = ok(run("profile", "list", port=vpen.port))
     by_name = {p["name"]: p for p in listing["profiles"]}
     assert by_name["scalp-frontal"] == {"name": "scalp-frontal", "depth_mm": 0.5, "stroke_hz": 100,
-                                        "max_session_s": 600}
+                                        "max_session_s": 600, "min_interval_days": 0}
     assert by_name["scalp-crown"]["depth_mm"] == 1.0 and by_name["scalp-vertex"]["depth_mm"] == 1.5
     assert ok(run("profile", "use", "scalp-crown", port=vpen.port))["active"] == "scalp-crown"
     assert ok(run("info", port=vpen.port))["profile"] == "scalp-crown"

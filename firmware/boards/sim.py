@@ -43,6 +43,7 @@ _USB_CHUNK = const(64)            # rp2 writes in endpoint-sized chunks (CFG_TUD
 _USB_TIMEOUT_US = const(500000)   # ... each waits this long for room, then the rest is dropped
 _HOST_GRACE_MS = const(500)       # wall time a full OS pipe to the host is waited for, per stall
 _EST_SETTLED = const(32)          # samples after which a tick path's own mean is trusted
+_RIG_LINE_MAX = const(4096)       # longest rig request line (longer: refused, the plant unchanged)
 _ONEWIRE_US = const(6000)         # target clock: a cartridge ID read on the pen (docs/hardware.md)
 _MARK_READ_US = const(8000)       # ... reading its used mark (MATCH ROM + READ MEMORY, twice)
 _MARK_WRITE_US = const(20000)     # ... writing it (scratchpad round trip, COPY, tPROG 10 ms max + margin, read back)
@@ -175,7 +176,12 @@ class Board(Plant):
         self._rig_in = None
         self._rig_out = None
         self._rig_poll = None
-        self._rig_buf = b""
+        # One rig line, filled in place: growing a bytes object byte by byte allocates a new
+        # copy per byte, which fragments the heap with a long line (a 2000-character cartridge ID).
+        self._rig_buf = bytearray(_RIG_LINE_MAX)
+        self._rig_len = 0
+        self._rig_long = False          # the line being read is longer than _RIG_LINE_MAX
+        self._rig_byte = bytearray(1)
         self._plant_file = None
         if not world:
             return
@@ -621,23 +627,33 @@ class Board(Plant):
     def _poll_rig(self):
         poll = self._rig_poll
         while poll is not None and _readable(poll):
-            chunk = self._rig_in.read(1)
-            if not chunk:
+            byte = self._rig_byte
+            if not self._rig_in.readinto(byte):     # into a buffer: no garbage per byte
                 self._rig_poll = None       # supervisor gone
                 return
-            if chunk != b"\n":
-                self._rig_buf += chunk
+            if byte[0] != 10:
+                if self._rig_len < _RIG_LINE_MAX:
+                    self._rig_buf[self._rig_len] = byte[0]
+                    self._rig_len += 1
+                else:
+                    self._rig_long = True
                 continue
-            line = self._rig_buf
-            self._rig_buf = b""
+            if self._rig_long:
+                self._rig_long = False
+                self._rig_len = 0
+                self._rig_out.write(rigproto.encode({"ok": False, "error": "rig line longer than %d bytes"
+                                                     % _RIG_LINE_MAX}))
+                continue
+            line = bytes(memoryview(self._rig_buf)[:self._rig_len])
+            self._rig_len = 0
             self._rig_out.write(rigproto.encode(self.rig_request(line)))
 
     def rig_request(self, line):
         """The reply (a dict) to one rig request line: applied at the plant's current time."""
         try:
             request = rigproto.decode(line)
-        except Exception:
-            return {"ok": False, "error": "bad request"}
+        except Exception as exc:   # a MemoryError too: the reply says which
+            return {"ok": False, "error": "bad request (%s)" % type(exc).__name__}
         problem = rigproto.check_request(request)
         if problem is not None:
             return {"ok": False, "error": problem}
