@@ -25,7 +25,7 @@ from hil_tests.helpers import (
     wait_pen_seconds, wait_state,
 )
 from penctl import clinical
-from penctl.errors import PenRefused, UsageError
+from penctl.errors import UsageError
 
 _rng = random.Random()
 ENTRY = Path(sys.executable).with_name("penctl")
@@ -335,7 +335,8 @@ def test_s20_log_kind_and_csv(target, pen, tmp_path):
     assert result["entries"] == []                                 # no session-log entry is of that kind
     with open(out, newline="") as handle:
         rows = list(csv.DictReader(handle))
-    assert len(rows) == len(audit) and {r["kind"] for r in rows} == {"ceiling_set"} and {r["log"] for r in rows} == {"audit"}
+    assert len(rows) == len(audit)
+    assert {r["kind"] for r in rows} == {"ceiling_set"} and {r["log"] for r in rows} == {"audit"}
     assert rows[-1]["to_mm"] == "2.5" and rows[-1]["utc"]
     rc, result, _ = _penctl(target, "log", "--kind", "session")
     assert rc == 0 and result["entries"] and {e["kind"] for e in result["entries"]} == {"session"}

@@ -416,8 +416,9 @@ def test_session_run_ends_time_limit_fault_and_interrupt(fresh_pen, tmp_path):
     assert rows[0] == TM_HEADER and any(row[1] == "RUNNING" for row in rows[1:])
     assert ok(run("info", port=port))["state"] == "LOCKED"
     sessions = [e for e in ok(run("log", port=port))["entries"] if e["kind"] == "session"]
-    assert [(s["cartridge"], s["end"]) for s in sessions] == [("A100000000000001", "TIME_LIMIT"), ("A200000000000002", "FAULT"),
-                                                             ("A300000000000003", "STOPPED")]
+    assert [(s["cartridge"], s["end"]) for s in sessions] == [("A100000000000001", "TIME_LIMIT"),
+                                                              ("A200000000000002", "FAULT"),
+                                                              ("A300000000000003", "STOPPED")]
 
 
 class _FakePort:

@@ -45,7 +45,9 @@ def _profile_rows(listing):
         rows.append(("*" if p["name"] == listing["active"] else " ", p["name"], num(p["depth_mm"]) + " mm",
                      "%s Hz" % p["stroke_hz"], "%s s" % p["max_session_s"],
                      "%s d" % p["min_interval_days"] if p.get("min_interval_days") else "-"))
-    return table(("", "NAME", "DEPTH", "FREQUENCY", "MAX SESSION", "INTERVAL"), rows) if rows else "(no profiles on the pen)"
+    if not rows:
+        return "(no profiles on the pen)"
+    return table(("", "NAME", "DEPTH", "FREQUENCY", "MAX SESSION", "INTERVAL"), rows)
 
 
 def run(args, out):
