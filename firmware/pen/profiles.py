@@ -76,10 +76,14 @@ def check_profile(profile):
     for key in profile:
         if key not in FIELDS:
             raise ProfileError(proto.E_BAD_REQUEST, key, "unknown profile field '%s'" % key)
-    return {
+    clean = {
         "name": check_name(profile.get("name")),
         "depth_um": check_depth_um(profile.get("depth_um")),
         "stroke_hz": check_hz(profile.get("stroke_hz")),
         "max_session_s": check_session_s(profile.get("max_session_s")),
-        "min_interval_days": check_min_interval_days(profile.get("min_interval_days", 0)),   # S18: optional
     }
+    if "min_interval_days" in profile:
+        # S18, optional: kept only when given (absent = 0, no interval), so a profile without it
+        # is stored, echoed and re-validated exactly as before S18.
+        clean["min_interval_days"] = check_min_interval_days(profile["min_interval_days"])
+    return clean

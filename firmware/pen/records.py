@@ -174,16 +174,11 @@ class Records:
 
 
 def _valid_profile(profile):
-    """The stored profile if it passes validation unchanged, else None (S13). A profile stored
-    before `min_interval_days` existed reads with its default, 0: the behaviour it had."""
+    """The stored profile if it passes validation unchanged, else None (S13)."""
     try:
-        clean = check_profile(profile)
+        return profile if check_profile(profile) == profile else None
     except (ProfileError, AttributeError, TypeError):
         return None
-    if "min_interval_days" not in profile:
-        profile = dict(profile)
-        profile["min_interval_days"] = 0
-    return clean if clean == profile else None
 
 
 class GuardedStore:

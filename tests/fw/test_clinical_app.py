@@ -188,12 +188,12 @@ def test_s18_profiles_carry_min_interval_days_and_old_records_still_load():
     reply = pen.request("profile_put", profile={"name": "far", "depth_um": 500, "stroke_hz": 100,
                                                 "max_session_s": 60, "min_interval_days": 91})
     assert reply["code"] == "INTERVAL_RANGE" and reply["field"] == "min_interval_days"
-    # a profiles record written before S18 (no min_interval_days) reads with the default, 0
+    # a profiles record written before S18 (no min_interval_days) still loads: no interval
     from pen.store import Store
     Store(pen.folder + "/data").write("profiles", {"active": "old", "profiles": [
         {"name": "old", "depth_um": 500, "stroke_hz": 100, "max_session_s": 60}]})
     pen.power_on()
     pen.boot()
     listed = pen.request("profile_list")
-    assert listed["active"] == "old" and listed["profiles"][0]["min_interval_days"] == 0
+    assert listed["active"] == "old" and "min_interval_days" not in listed["profiles"][0]   # none: 0
     assert pen.request("info")["counters"]["profiles_dropped"] == 0
