@@ -346,7 +346,10 @@ def _test_context(recorder, target, request):
 
 @pytest.fixture
 def pen(target):
+    from hil_tests.helpers import full_range
+
     handle = target.connect()
+    full_range(handle)         # the suite's baseline: the clinician allowed the whole depth range (S16)
     yield handle
     handle.close()
 

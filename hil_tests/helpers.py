@@ -1,7 +1,12 @@
-"""Steps the HIL tests share: bring the pen to a known state, run a session."""
+"""Steps the HIL tests share: bring the pen to a known state, run a session, act as the clinician."""
+import os
 import random
+import tempfile
 import time
 
+import pytest
+
+from penctl import clinical
 from penctl.errors import PenRefused
 
 # Wall-clock bounds for waits. Generous: on the real clock a sterilisation
@@ -56,7 +61,58 @@ def recover(pen, rig):
     wait_state(pen, ("LOCKED", "READY"))
 
 
+# ---- the clinician (S16-S18) ----
+
+#: a real pen's clinician key file for the HIL run (a virtual pen gets one made for the run)
+KEY_FILE_ENV = "PEN_HIL_KEY_FILE"
+#: the suite's baseline: a pen whose clinician allowed the whole depth range (S1: 2.5 mm)
+FULL_RANGE_MM = 2.5
+_keys = {}        # pen serial -> the ClinicianKey this run uses
+
+
+def clinician_key(pen, info=None):
+    """The clinician key of this pen for the run, or None if the run has none. $PEN_HIL_KEY_FILE
+    names a real pen's key; a virtual pen (board "sim", a fresh flash every run) without a key
+    gets a new one, written to a temporary folder and provisioned. A real pen is never given a
+    key the run would then lose."""
+    info = info or pen.info()
+    serial = info["serial"]
+    if serial in _keys:
+        return _keys[serial]
+    key = None
+    if os.environ.get(KEY_FILE_ENV):
+        key = clinical.load_key_file(os.environ[KEY_FILE_ENV])
+    elif info["board"] == "sim" and not info["key_provisioned"]:
+        folder = tempfile.mkdtemp(prefix="hil-key-")
+        key = clinical.new_key_file(os.path.join(folder, serial + clinical.KEY_FILE_SUFFIX), pen_serial=serial)
+        clinical.provision_key(pen, key)
+    if key is not None:
+        _keys[serial] = key
+    return key
+
+
+def ensure_ceiling(pen, depth_mm, required=True):
+    """Raise the pen's depth ceiling to the full range if `depth_mm` is above it (with the run's
+    clinician key). Without a key: skip the test (`required`) or leave the pen as it is."""
+    info = pen.info()
+    if info["depth_ceiling_mm"] is not None and info["depth_ceiling_mm"] >= depth_mm:
+        return
+    key = clinician_key(pen, info)
+    if key is None:
+        if required:
+            pytest.skip("needs a depth ceiling of %g mm: give the pen's clinician key in $%s"
+                        % (depth_mm, KEY_FILE_ENV))
+        return
+    clinical.set_ceiling(pen, FULL_RANGE_MM, key)
+
+
+def full_range(pen):
+    """The suite's baseline for every test (conftest's `pen`): the whole depth range allowed."""
+    ensure_ceiling(pen, FULL_RANGE_MM, required=False)
+
+
 def use_profile(pen, depth_mm=1.0, stroke_hz=100, max_session_s=600):
+    ensure_ceiling(pen, depth_mm)
     name = "hil-%d-%d-%d" % (round(depth_mm * 1000), stroke_hz, max_session_s)
     pen.profile_push([{"name": name, "depth_mm": depth_mm, "stroke_hz": stroke_hz,
                        "max_session_s": max_session_s}])
@@ -98,3 +154,34 @@ def wait_pen_seconds(pen, seconds):
 def last_log(pen, kind):
     entries = [e for e in pen.log() if e.get("kind") == kind]
     return entries[-1] if entries else None
+
+
+def reconnect(target, timeout_s=30):
+    """A new handle to the pen once it answers again (after a power cut or a reset)."""
+    from penctl.errors import PenctlError
+
+    def attempt():
+        try:
+            return target.connect(timeout=2.0)
+        except PenctlError:
+            return None
+
+    return wait_for(attempt, timeout_s, "pen answering after power-on")
+
+
+def power_cycle(target, rig, pen):
+    """Cut the supply and restore it (rig); returns a new handle (the old one is closed)."""
+    pen.close()
+    rig.power_cut()
+    time.sleep(0.05)
+    rig.power_on()
+    return reconnect(target)
+
+
+def refusal(call, *args, **kwargs):
+    """The PenRefused that `call` raises (fails the test if it does not refuse)."""
+    try:
+        call(*args, **kwargs)
+    except PenRefused as exc:
+        return exc
+    raise AssertionError("%s was not refused" % getattr(call, "__name__", call))

@@ -7,6 +7,7 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -83,10 +84,21 @@ def wait_state(vpen, want, timeout=10):
         time.sleep(0.1)
 
 
+def full_depth_range(pen):
+    """A factory-fresh pen allows 0.5 mm (S16): the clinician opens the whole range (2.5 mm) with a
+    key of its own, through penctl, so the example profiles (up to 1.5 mm) can be used."""
+    folder = tempfile.mkdtemp(prefix="penctl-key-")
+    key_file = os.path.join(folder, "pen.penkey")
+    ok(run("key", "new", "--key-file", key_file))
+    ok(run("key", "provision", "--key-file", key_file, port=pen.port))
+    ok(run("ceiling", "set", "2.5", "--key-file", key_file, port=pen.port))
+
+
 @pytest.fixture(scope="module")
 def vpen():
     with VirtualPen(clock="fast") as pen:
         wait_state(pen, ("LOCKED", "READY"))
+        full_depth_range(pen)
         yield pen
 
 
@@ -94,6 +106,7 @@ def vpen():
 def fresh_pen():
     with VirtualPen(clock="fast") as pen:
         wait_state(pen, ("LOCKED", "READY"))
+        full_depth_range(pen)
         yield pen
 
 
@@ -169,7 +182,7 @@ def test_profile_push_list_use_rm(vpen):
     listing = ok(run("profile", "list", port=vpen.port))
     by_name = {p["name"]: p for p in listing["profiles"]}
     assert by_name["scalp-frontal"] == {"name": "scalp-frontal", "depth_mm": 0.5, "stroke_hz": 100,
-                                        "max_session_s": 600}
+                                        "max_session_s": 600, "min_interval_days": 0}
     assert by_name["scalp-crown"]["depth_mm"] == 1.0 and by_name["scalp-vertex"]["depth_mm"] == 1.5
     assert ok(run("profile", "use", "scalp-crown", port=vpen.port))["active"] == "scalp-crown"
     assert ok(run("info", port=vpen.port))["profile"] == "scalp-crown"
@@ -403,8 +416,9 @@ def test_session_run_ends_time_limit_fault_and_interrupt(fresh_pen, tmp_path):
     assert rows[0] == TM_HEADER and any(row[1] == "RUNNING" for row in rows[1:])
     assert ok(run("info", port=port))["state"] == "LOCKED"
     sessions = [e for e in ok(run("log", port=port))["entries"] if e["kind"] == "session"]
-    assert [(s["cartridge"], s["end"]) for s in sessions] == [("A100000000000001", "TIME_LIMIT"), ("A200000000000002", "FAULT"),
-                                                             ("A300000000000003", "STOPPED")]
+    assert [(s["cartridge"], s["end"]) for s in sessions] == [("A100000000000001", "TIME_LIMIT"),
+                                                              ("A200000000000002", "FAULT"),
+                                                              ("A300000000000003", "STOPPED")]
 
 
 class _FakePort:

@@ -17,7 +17,7 @@ from test_cli import PENCTL, ok, rig, run, wait_motor, wait_state
 from penctl.firmware.pen import wire
 from pensim.supervisor import VirtualPen
 
-LONG_PROFILE = '[[profile]]\nname = "long"\ndepth_mm = 1.0\nstroke_hz = 100\nmax_session_s = 1800\n'
+LONG_PROFILE = '[[profile]]\nname = "long"\ndepth_mm = 0.5\nstroke_hz = 100\nmax_session_s = 1800\n'
 DEAD_CLIENT_REQUEST = wire.encode("Q", 1, {"op": "telemetry", "on": True, "lease": 3000})
 
 

@@ -14,7 +14,7 @@ import tty
 
 import pytest
 from penctl_links import LatencyLink
-from test_cli import ok, refused, rig, run, wait_motor, wait_state
+from test_cli import full_depth_range, ok, refused, rig, run, wait_motor, wait_state
 
 from penctl import flash
 from penctl.errors import NoAnswer, PenRefused
@@ -31,6 +31,7 @@ def unlocked_state(tmp_path, profile_text=LONG_PROFILE, name="long"):
     profiles.write_text(profile_text)
     with VirtualPen(state_dir=state, clock="fast") as pen:
         wait_state(pen, ("LOCKED", "READY"))
+        full_depth_range(pen)             # the clinician allows more than the factory 0.5 mm (S16)
         ok(run("profile", "push", profiles, port=pen.port))
         ok(run("profile", "use", name, port=pen.port))
         ok(run("sterilise", port=pen.port))

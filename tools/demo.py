@@ -124,6 +124,12 @@ def main():
         penctl(port, "flash")
         penctl(port, "info")
 
+        step("2b. the clinician key: a fresh pen allows 0.5 mm; the clinician raises the ceiling")
+        key_file = os.path.join(work, "clinician.penkey")     # a real clinic keeps it (docs/clinical.md)
+        penctl(port, "key", "new", "--key-file", key_file)
+        penctl(port, "key", "provision", "--key-file", key_file)
+        penctl(port, "ceiling", "set", "1.5", "--key-file", key_file)
+
         step("3. profiles with published scalp parameters (0.5-1.5 mm)")
         penctl(port, "profile", "push", PROFILE_FILE)
         penctl(port, "profile", "use", PROFILE)

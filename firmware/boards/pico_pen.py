@@ -35,6 +35,8 @@ from pen.control import SAMPLE_TACH_US as _S_TACH_US
 from pen.control import SAMPLE_TEMP_CDEGC as _S_TEMP
 from pen.limits import DEPTH_TRAVEL_UM
 
+from boards.ds28e07 import DS28E07
+
 try:
     from onewire import OneWire  # frozen driver on the rp2 port
 except ImportError:  # a build without it: cartridge_id() reports no cartridge
@@ -185,6 +187,9 @@ class Board:
         self._cart = Pin(_PIN_CART, Pin.IN, Pin.PULL_UP)
         self._ow = OneWire(Pin(_PIN_ONEWIRE)) if OneWire is not None else None
         self._ow_buf = bytearray(8)
+        # The cartridge's memory (S19): its used mark, through the same 1-Wire contact.
+        self._cart_mem = DS28E07(self._ow) if self._ow is not None else None
+        self._cart_rom_read = None   # ROM bytes of the ID cartridge_id() last returned
 
         # Analogue inputs. Constructing from a Pin puts the pad in analogue mode.
         self._adc_current = machine.ADC(Pin(_PIN_ADC_CURRENT))
@@ -431,8 +436,28 @@ class Board:
             # CRC over all 8 ROM bytes is 0 when valid; all-zero passes the CRC,
             # the family check rejects it (and every foreign 1-Wire part).
             if ow.crc8(buf) == 0 and buf[0] == _OW_FAMILY:
-                return binascii.hexlify(bytes(buf)).decode().upper()
+                self._cart_rom_read = bytes(buf)
+                return binascii.hexlify(self._cart_rom_read).decode().upper()
         return None
+
+    def _cart_rom(self):
+        """The ROM of the seated cartridge, which must be the one whose ID the app checked
+        (cartridge_id()); OSError otherwise: a mark never lands on another cartridge."""
+        mem = self._cart_mem
+        if mem is None or self._cart.value() != 0:
+            raise OSError("no cartridge")
+        rom = mem.read_rom()
+        if rom is None:
+            raise OSError("cartridge ROM unreadable")
+        if rom != self._cart_rom_read:
+            raise OSError("the cartridge changed since its ID was read")
+        return rom
+
+    def cartridge_used(self) -> bool:  # loop: ~8 ms (READ ROM, then READ MEMORY twice)
+        return self._cart_mem.is_used(self._cart_rom())  # type: ignore[union-attr]
+
+    def cartridge_mark_used(self) -> None:  # loop: ~20 ms (scratchpad, COPY, tPROG, read back)
+        self._cart_mem.mark_used(self._cart_rom())  # type: ignore[union-attr]
 
     # ---- housekeeping ----
 

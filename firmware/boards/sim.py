@@ -43,7 +43,10 @@ _USB_CHUNK = const(64)            # rp2 writes in endpoint-sized chunks (CFG_TUD
 _USB_TIMEOUT_US = const(500000)   # ... each waits this long for room, then the rest is dropped
 _HOST_GRACE_MS = const(500)       # wall time a full OS pipe to the host is waited for, per stall
 _EST_SETTLED = const(32)          # samples after which a tick path's own mean is trusted
+_RIG_LINE_MAX = const(4096)       # longest rig request line (longer: refused, the plant unchanged)
 _ONEWIRE_US = const(6000)         # target clock: a cartridge ID read on the pen (docs/hardware.md)
+_MARK_READ_US = const(8000)       # ... reading its used mark (MATCH ROM + READ MEMORY, twice)
+_MARK_WRITE_US = const(20000)     # ... writing it (scratchpad round trip, COPY, tPROG 10 ms max + margin, read back)
 _SUSPECT_HOST_US = const(50)      # a longer core-0 interval is checked for run-queue waits ...
 _SCHED_REFRESH_US = const(10000)  # ... measured from a mark refreshed at least this often
 _SPIN_US = const(60)              # real clock: busy-wait the last part of a wait
@@ -173,7 +176,12 @@ class Board(Plant):
         self._rig_in = None
         self._rig_out = None
         self._rig_poll = None
-        self._rig_buf = b""
+        # One rig line, filled in place: growing a bytes object byte by byte allocates a new
+        # copy per byte, which fragments the heap with a long line (a 2000-character cartridge ID).
+        self._rig_buf = bytearray(_RIG_LINE_MAX)
+        self._rig_len = 0
+        self._rig_long = False          # the line being read is longer than _RIG_LINE_MAX
+        self._rig_byte = bytearray(1)
         self._plant_file = None
         if not world:
             return
@@ -566,6 +574,27 @@ class Board(Plant):
         self._leave()
         return cart
 
+    def cartridge_used(self):
+        """S19: True if the inserted cartridge carries the used mark; OSError if its memory
+        cannot be read (no cartridge, or the injection cartridge_memory_fail)."""
+        self._enter()
+        self._charge(_MARK_READ_US)
+        try:
+            return self.cartridge_marked(self._cartridge_memory())
+        finally:
+            self._leave()
+
+    def cartridge_mark_used(self):
+        """S19: write the used mark on the inserted cartridge; OSError on any failure. The mark
+        goes to the supervisor's plant file at once: the cartridge keeps it across a power cut."""
+        self._enter()
+        self._charge(_MARK_WRITE_US)
+        try:
+            self.set_cartridge_mark(self._cartridge_memory())
+        finally:
+            self._leave()
+        self._write_final_plant()
+
     def watchdog_feed(self):
         pass
 
@@ -598,23 +627,33 @@ class Board(Plant):
     def _poll_rig(self):
         poll = self._rig_poll
         while poll is not None and _readable(poll):
-            chunk = self._rig_in.read(1)
-            if not chunk:
+            byte = self._rig_byte
+            if not self._rig_in.readinto(byte):     # into a buffer: no garbage per byte
                 self._rig_poll = None       # supervisor gone
                 return
-            if chunk != b"\n":
-                self._rig_buf += chunk
+            if byte[0] != 10:
+                if self._rig_len < _RIG_LINE_MAX:
+                    self._rig_buf[self._rig_len] = byte[0]
+                    self._rig_len += 1
+                else:
+                    self._rig_long = True
                 continue
-            line = self._rig_buf
-            self._rig_buf = b""
+            if self._rig_long:
+                self._rig_long = False
+                self._rig_len = 0
+                self._rig_out.write(rigproto.encode({"ok": False, "error": "rig line longer than %d bytes"
+                                                     % _RIG_LINE_MAX}))
+                continue
+            line = bytes(memoryview(self._rig_buf)[:self._rig_len])
+            self._rig_len = 0
             self._rig_out.write(rigproto.encode(self.rig_request(line)))
 
     def rig_request(self, line):
         """The reply (a dict) to one rig request line: applied at the plant's current time."""
         try:
             request = rigproto.decode(line)
-        except Exception:
-            return {"ok": False, "error": "bad request"}
+        except Exception as exc:   # a MemoryError too: the reply says which
+            return {"ok": False, "error": "bad request (%s)" % type(exc).__name__}
         problem = rigproto.check_request(request)
         if problem is not None:
             return {"ok": False, "error": problem}
@@ -630,8 +669,10 @@ class Board(Plant):
         if op == rigproto.OP_CARTRIDGE:
             cart = request.get("id")
             self.cartridge = None if cart is None else str(cart).upper()
-            self.cartridge_used = request.get("used", False) is True
-            return {"ok": True, "cartridge": self.cartridge, "used": self.cartridge_used}
+            if self.cartridge is not None and request.get("used", False) is True:
+                self.set_cartridge_mark(self.cartridge)    # used elsewhere; "used": false keeps a mark
+            return {"ok": True, "cartridge": self.cartridge,
+                    "used": self.cartridge is not None and self.cartridge_marked(self.cartridge)}
         if op == rigproto.OP_LID:
             closed = request.get("closed") is True
             if not closed and self._uv_light():
@@ -659,6 +700,8 @@ class Board(Plant):
 
     def _write_final_plant(self):
         import json
+        if not self._plant_file:
+            return
         try:
             with open(self._plant_file, "w") as handle:
                 handle.write(json.dumps(self.measure()))

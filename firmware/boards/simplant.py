@@ -17,7 +17,9 @@
 #   vibrates it); injectable jam.
 # - UV dock: lid switch (hardware interlock: the LED is dark while the lid is open),
 #   lamp at 96 % of nominal when new, losing 1 permille per 36 s of UV on (ageing).
-# - cartridge reader: ID string or None, and the cartridge's own "used" mark.
+# - cartridge reader: ID string or None; the cartridges' own write-once "used" marks (S19),
+#   kept per cartridge ID as the cartridge's memory keeps it, and a memory that stops
+#   answering (injection cartridge_memory_fail).
 # The ADC converts once per plant step (as a free-running scan would); a second reading
 # within the same step (a confirmation) is a new conversion with its own noise. The models
 # use the native code emitter: the plant is not firmware work and costs no pen time, but
@@ -91,7 +93,7 @@ class Plant:
         self.endstop_us = -1           # pen time the carriage last came back to the end-stop
         self.lamp_on_ms = 0
         self.cartridge = None
-        self.cartridge_used = False    # the cartridge's own write-once "used" mark (S19)
+        self.cartridge_marks = {}      # cartridge ID -> True: its memory carries the used mark (S19)
         # injections (none; lid closed: the pen sits in its dock)
         self.clear_injections()
         self.inject_us = -1
@@ -284,6 +286,22 @@ class Plant:
     def cartridge_present(self):
         return self.cartridge is not None
 
+    def _cartridge_memory(self):
+        """The inserted cartridge's ID, as the 1-Wire memory answers it; OSError as the driver
+        raises it when nothing answers."""
+        if self.cartridge is None:
+            raise OSError("1-Wire: no presence pulse (no cartridge)")
+        if self.inj_cartridge_memory:
+            raise OSError("1-Wire: the cartridge memory does not answer")
+        return self.cartridge
+
+    def cartridge_marked(self, cartridge):
+        return cartridge in self.cartridge_marks
+
+    def set_cartridge_mark(self, cartridge):
+        # Write-once: a mark is never removed (EPROM emulation: bits only go from 1 to 0).
+        self.cartridge_marks[cartridge] = True
+
     # ---- rig: fault injection and true plant state ----
 
     def inject(self, fault):
@@ -316,6 +334,8 @@ class Plant:
         elif fault == "motor_stuck_on":
             self.inj_stuck_on = True
             self._stuck_duty = self.duty_bp if self.duty_bp else _STUCK_DUTY_BP
+        elif fault == "cartridge_memory_fail":
+            self.inj_cartridge_memory = True
         else:
             return False
         self.inject_us = self._plant_us
@@ -332,6 +352,7 @@ class Plant:
         self.inj_uv_led_dead = False
         self.inj_stuck_on = False
         self._stuck_duty = 0
+        self.inj_cartridge_memory = False
         self.lid = True
 
     def plant_state(self):
@@ -352,7 +373,7 @@ class Plant:
             "endstop_us": self.endstop_us,
             "lid_closed": self.lid,
             "cartridge": self.cartridge,
-            "cartridge_used": self.cartridge_used,
+            "cartridge_used": self.cartridge is not None and self.cartridge in self.cartridge_marks,
             "strokes": self.strokes,
             "motor_off_us": self.motor_off_us,
             "inject_us": self.inject_us,

@@ -8,9 +8,10 @@ import gc
 from . import control as c
 from . import limits as lim
 from . import ops, proto, wire
+from .clinical import Clinical
 from .compat import ticks_diff
 from .loop import ControlLoop
-from .records import Records
+from .records import GuardedStore, Records
 from .store import Store, StoreError
 
 _IDLE_US = 1000            # core 0 waits at most this long for input between passes
@@ -59,6 +60,10 @@ class App:
         rec = self.rec
         rec.load()
         rec.close_interrupted()    # S14: sessions a power cut ended
+        # S16-S20 (docs/clinical.md): on core 0 only; its records go through the same flash
+        # guard as the application's own.
+        self.clinical = Clinical(GuardedStore(rec), board, pen_ms=self.now_ms, busy=self.clinical_busy,
+                                 find_profile=rec.find_profile)
         self.ctl.boot(rec.fault, c.READY if rec.unlocked else c.LOCKED)
 
     # ---- clocks ----
@@ -105,6 +110,12 @@ class App:
         board.safe_stop()
         raise ops.PenError(proto.E_INTERNAL, "the control core did not acknowledge; outputs off")
 
+    def clinical_busy(self):
+        """Clinical ops write flash: refused (BUSY) in a session or a cycle, and whenever the
+        control core says the motor or the UV LED is on."""
+        self.board.sync()
+        return self.ctl.state in (c.RUNNING, c.STERILISING) or not self._flash_ok()
+
     def _flash_ok(self):
         # Flash writes stop both cores on the RP2040: only with the motor and UV off and
         # nothing about to switch them on (a session or a cycle before its end).
@@ -136,6 +147,7 @@ class App:
         if self.tm_on and self.tm_sent != ctl.tm_count:
             self._send_telemetry()
         board.service()
+        self.clinical.service()        # nonce expiry, the wall clock's pen-time base
         ticks = self.loop.ticks
         if ticks != self._wd_ticks:    # fed only while core 1 makes progress
             self._wd_ticks = ticks
@@ -190,11 +202,22 @@ class App:
             seen[0] = ctl.ev_state
             self.event({"ev": "state", "state": c.STATE_NAMES[ctl.state], "t_ms": self.now_ms()})
 
-    def _session_ended(self, end, duration_ms, strokes, fault=c.F_NONE):
+    def _session_drove(self, strokes):
+        """S18: the stroke motor was commanded on during the session that just ended (it then
+        counts as a treatment). Core 1 stamps the pen time it last commanded the motor off
+        (_off_at_ms, written only when the motor was on): a stamp at or after the session's start
+        means it drove. Strokes, or a motor still on (Ctrl-C, crash), count too: fail closed."""
+        ctl = self.ctl
+        since_start = (ctl._off_at_ms - ctl.session_start_ms) & lim.MS_MASK
+        return strokes > 0 or ctl.motor_on or since_start < _MS_HALF
+
+    def _session_ended(self, end, duration_ms, strokes, fault=c.F_NONE, drove=None):
         """S14: the session's log entry gets its true end, duration and strokes."""
         entry = self.session
         if entry is None:
             return
+        if drove is None:
+            drove = self._session_drove(strokes)
         self.session = None
         entry["end"] = end
         entry["duration_ms"] = duration_ms
@@ -202,6 +225,9 @@ class App:
         if fault != c.F_NONE:
             entry["fault"] = c.FAULT_NAMES[fault]
         self.rec.log_safely(entry)
+        # S18: a session counts as a treatment once the motor was driven; one that never
+        # drove it (stopped while the needles moved to depth) gives its interval time back.
+        self.clinical.session_ended(entry["profile"], drove)
         body = {"ev": "session_end", "id": entry["id"], "reason": end, "duration_ms": duration_ms,
                 "strokes": strokes}
         if fault != c.F_NONE:
@@ -246,6 +272,7 @@ class App:
 
     def _record_shutdown(self, exc):
         ctl = self.ctl
+        drove = self.session is not None and self._session_drove(0)   # before motor_on is cleared
         ctl.motor_on = False               # core 1 is stopped and the motor cut: records may be written
         ctl.uv_on = False
         ctl.state = c.FAULT if ctl.state == c.FAULT else c.LOCKED
@@ -254,7 +281,7 @@ class App:
             strokes = ctl.strokes
             if ctl.end_reason == c.END_NONE:
                 strokes = (self.board.tach_count() - ctl.session_tach_start) & c.TACH_MASK
-            self._session_ended(end, ctl.session_ms, strokes)
+            self._session_ended(end, ctl.session_ms, strokes, drove=drove or strokes > 0)
         self.rec.log_safely({"kind": "crash", "error": repr(exc)[:80], "t_ms": self.now_ms()})
 
     # ---- wire ----

@@ -9,6 +9,8 @@ import os
 from . import control as c
 from . import limits as lim
 from . import proto
+from .auth import ClinicalError
+from .clinical import Clinical
 from .profiles import ProfileError, check_name, check_profile
 from .records import REC_CARTRIDGES, REC_LOCKOUT, REC_PROFILES
 from .store import StoreError
@@ -43,8 +45,11 @@ def handle(app, body):
         result = handler(app, body)
     except PenError as exc:
         return {"ok": False, "code": exc.code, "msg": exc.message}
-    except ProfileError as exc:
-        return {"ok": False, "code": exc.code, "msg": exc.message, "field": exc.field}
+    except (ProfileError, ClinicalError) as exc:
+        reply = {"ok": False, "code": exc.code, "msg": exc.message}
+        if exc.field is not None:
+            reply["field"] = exc.field
+        return reply
     except StoreError as exc:
         return {"ok": False, "code": proto.E_STORE, "msg": str(exc)}
     except Exception as exc:
@@ -154,6 +159,7 @@ def op_info(app, body):
     }
     if board.clock_factor_x100:
         reply["clock_factor_x100"] = board.clock_factor_x100
+    reply.update(app.clinical.info())      # S16-S20: ceiling, key provisioned (never the key), clock, lock
     return reply
 
 
@@ -189,6 +195,7 @@ def op_mem(app, body):
 def op_profile_put(app, body):
     _require_not_running(app)
     profile = check_profile(body.get("profile"))
+    app.clinical.check_profile(profile)    # S16: not deeper than the pen's ceiling
     rec = app.rec
     kept = [p for p in rec.profiles if p["name"] != profile["name"]]
     if len(kept) >= lim.PROFILES_MAX:
@@ -204,7 +211,7 @@ def op_profile_list(app, body):
 def op_profile_use(app, body):
     _require_not_running(app)
     name = check_name(body.get("name"))
-    _find_profile(app, name)
+    app.clinical.check_profile(_find_profile(app, name))   # S16: the ceiling may have been lowered
     app.rec.commit(REC_PROFILES, active=name)
     return {"active": name}
 
@@ -257,6 +264,9 @@ def op_sterilise_cancel(app, body):
 
 
 def op_session_start(app, body):
+    """Every check first, with nothing written (state, profile, ceiling, interval and clock,
+    cartridge present, its ID, its own used mark, the pen's used list); then the cartridge's
+    mark, the session time, the unlock, the used list and the log entry; then the motor."""
     rec = app.rec
     _refuse_if_fault(app)
     state = app.ctl.state
@@ -281,16 +291,27 @@ def op_session_start(app, body):
     if cart is None or not app.board.cartridge_present():
         raise PenError(proto.E_NO_CARTRIDGE, "insert a fresh cartridge")
     check_cartridge_id(cart)
-    if cart in rec.used:
-        raise PenError(proto.E_CARTRIDGE_USED, "cartridge %s was already used: insert a fresh one" % cart)
+    clinical = app.clinical
+    clinical.check_session(profile, cart)  # S16 ceiling, S18 interval and clock, S19 the cartridge's mark
+    if cart in rec.used:                   # S6: the pen's own list, the second barrier
+        raise PenError(proto.E_CARTRIDGE_USED, "cartridge %s was already used on this pen: insert a fresh one"
+                       % cart)
+    # S19: the mark goes on the cartridge first. If it cannot be written the session is refused
+    # with nothing written on the pen: it stays READY with its unlock (no needle moved), and
+    # the cartridge is to be discarded (a torn mark reads as used). Then the session time (S18).
+    clinical.session_starting(profile, cart)
     # Consume the unlock and record the cartridge before the motor can run (S5, S6): a
     # crash from here on leaves the pen LOCKED.
-    rec.commit(REC_LOCKOUT, unlocked=False)
-    rec.commit(REC_CARTRIDGES, used=(rec.used + [cart])[-lim.USED_CARTRIDGES_MAX:])
-    entry = rec.log({"kind": "session", "profile": profile["name"], "depth_um": profile["depth_um"],
-                     "stroke_hz": profile["stroke_hz"], "max_session_s": profile["max_session_s"],
-                     "cartridge": cart, "start_ms": app.now_ms(), "end": c.END_INTERRUPTED,
-                     "duration_ms": 0, "strokes": 0})
+    try:
+        rec.commit(REC_LOCKOUT, unlocked=False)
+        rec.commit(REC_CARTRIDGES, used=(rec.used + [cart])[-lim.USED_CARTRIDGES_MAX:])
+        entry = rec.log({"kind": "session", "profile": profile["name"], "depth_um": profile["depth_um"],
+                         "stroke_hz": profile["stroke_hz"], "max_session_s": profile["max_session_s"],
+                         "cartridge": cart, "start_ms": app.now_ms(), "end": c.END_INTERRUPTED,
+                         "duration_ms": 0, "strokes": 0})
+    except StoreError:
+        clinical.session_ended(profile["name"], False)   # no treatment: its interval time given back
+        raise
     app.session = entry
     try:
         _command(app, c.CMD_SESSION_START, profile["depth_um"], profile["stroke_hz"], profile["max_session_s"])
@@ -300,6 +321,7 @@ def op_session_start(app, body):
         app.session = None
         entry["end"] = "NOT_STARTED"
         rec.log_safely(entry)
+        clinical.session_ended(profile["name"], False)
         raise
     entry["start_ms"] = app.full_ms(app.ctl.session_start_ms)   # when core 1 started it (S8 counts from here)
     return {"session": entry["id"], "profile": profile["name"], "cartridge": cart, "t_ms": entry["start_ms"]}
@@ -369,6 +391,12 @@ def op_fault_clear(app, body):
     return {"cleared": cleared}
 
 
+def op_clinical(app, body):
+    """auth_nonce, key_provision, ceiling_set, clock_set, interval_override, audit_read (S16-S20,
+    docs/clinical.md): pen.clinical answers them."""
+    return app.clinical.handle(body["op"], body)
+
+
 TM_FIELD_NAMES = [field[0] for field in proto.TM_LAYOUT]
 
 HANDLERS = {
@@ -389,3 +417,5 @@ HANDLERS = {
     "log_read": op_log_read,
     "fault_clear": op_fault_clear,
 }
+for _op in Clinical.OPS:
+    HANDLERS[_op] = op_clinical

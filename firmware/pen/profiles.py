@@ -1,7 +1,8 @@
-# Profile validation (S1, S3, S8). The host validates the same rules from its
+# Profile validation (S1, S3, S8, S18). The host validates the same rules from its
 # TOML files before sending; the pen validates again (defence in depth). The
-# wire carries integer units: depth_um, stroke_hz, max_session_s.
+# wire carries integer units: depth_um, stroke_hz, max_session_s, min_interval_days.
 from . import proto
+from .intervals import check_min_interval_days
 from .limits import (
     DEPTH_MAX_UM,
     DEPTH_MIN_UM,
@@ -14,6 +15,7 @@ from .limits import (
 )
 
 _NAME_CHARS = "abcdefghijklmnopqrstuvwxyz0123456789-"
+FIELDS = ("name", "depth_um", "stroke_hz", "max_session_s", "min_interval_days")   # the wire profile
 
 
 class ProfileError(Exception):
@@ -72,11 +74,16 @@ def check_profile(profile):
     if not isinstance(profile, dict):
         raise ProfileError(proto.E_BAD_REQUEST, "profile", "profile must be an object")
     for key in profile:
-        if key not in ("name", "depth_um", "stroke_hz", "max_session_s"):
+        if key not in FIELDS:
             raise ProfileError(proto.E_BAD_REQUEST, key, "unknown profile field '%s'" % key)
-    return {
+    clean = {
         "name": check_name(profile.get("name")),
         "depth_um": check_depth_um(profile.get("depth_um")),
         "stroke_hz": check_hz(profile.get("stroke_hz")),
         "max_session_s": check_session_s(profile.get("max_session_s")),
     }
+    if "min_interval_days" in profile:
+        # S18, optional: kept only when given (absent = 0, no interval), so a profile without it
+        # is stored, echoed and re-validated exactly as before S18.
+        clean["min_interval_days"] = check_min_interval_days(profile["min_interval_days"])
+    return clean

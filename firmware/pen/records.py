@@ -51,7 +51,8 @@ class Records:
         # A corrupt profiles record yields no usable profile (S13); each profile is checked
         # again before use (session_start), and only valid ones are listed.
         listed = profiles.get("profiles") if profiles else None
-        self.profiles = [p for p in listed if _valid_profile(p)] if isinstance(listed, list) else []
+        checked = [_valid_profile(p) for p in listed] if isinstance(listed, list) else []
+        self.profiles = [p for p in checked if p is not None]
         self.profiles_dropped = (len(listed) if isinstance(listed, list) else 0) - len(self.profiles)
         active = profiles.get("active") if profiles else None
         self.active = active if any(p["name"] == active for p in self.profiles) else None
@@ -173,8 +174,28 @@ class Records:
 
 
 def _valid_profile(profile):
+    """The stored profile if it passes validation unchanged, else None (S13)."""
     try:
-        return check_profile(profile) == profile
-
+        return profile if check_profile(profile) == profile else None
     except (ProfileError, AttributeError, TypeError):
-        return False
+        return None
+
+
+class GuardedStore:
+    """The Store as the clinical records see it (pen.clinical, auth, intervals, audit): reads
+    as they are, writes only while the control core says the motor and the UV LED are off
+    (docs/design.md §2: a flash write stops both cores on the RP2040), failures counted with
+    the application's other store errors."""
+
+    def __init__(self, records):
+        self._records = records
+        self._store = records.store
+
+    def exists(self, name):
+        return self._store.exists(name)
+
+    def read(self, name):
+        return self._store.read(name)
+
+    def write(self, name, value):
+        self._records.write(name, value)

@@ -25,6 +25,7 @@ import time
 
 from penctl import profiles as host_profiles
 from penctl import streaming
+from penctl.clinical import clinical_info_to_host
 from penctl.discover import resolve_port
 from penctl.errors import LinkError, PenRefused, ProtocolError, UsageError
 from penctl.firmware.pen import limits as lim
@@ -174,7 +175,8 @@ class Pen:
 
     handshake = ping
 
-    _INFO_CONVERTED = ("depth_um", "depth_set_um", "hz_chz", "hz_set_chz", "limits", "counters")
+    _INFO_CONVERTED = ("depth_um", "depth_set_um", "hz_chz", "hz_set_chz", "limits", "counters",
+                       "depth_ceiling_um", "utc_s", "audit_next")   # the clinical ones: penctl.clinical
 
     def info(self):
         """`info` in host units; fields this penctl does not convert are passed through unchanged."""
@@ -198,6 +200,7 @@ class Pen:
             },
             "counters": counters,
         })
+        out.update(clinical_info_to_host(raw))   # S16-S20: ceiling, key provisioned (never the key), clock, lock
         for key in ("firmware", "protocol", "board", "serial", "state", "fault", "unlocked", "profile", "clock"):
             out.setdefault(key, None)
         if "uptime_ms" in counters:
@@ -231,6 +234,14 @@ class Pen:
                                                             if k not in ("depth_um", "depth_mm")}
             host_tables.append(profile)
         wire_profiles = host_profiles.validate_profiles(host_tables, source="profile_push")
+        # S16: the pen refuses profiles deeper than its ceiling; say so before the first is stored.
+        ceiling_um = self.request("info").get("depth_ceiling_um")
+        deeper = [p for p in wire_profiles if isinstance(ceiling_um, int) and p["depth_um"] > ceiling_um]
+        if deeper:
+            raise PenRefused("DEPTH_CEILING", "%s deeper than this pen's depth ceiling of %s mm; nothing was stored "
+                             "(the clinician can change it: penctl ceiling set MM --key-file F)" % (
+                                 ", ".join("profile '%s' (%s mm) is" % (p["name"], _mm(p["depth_um"]))
+                                           for p in deeper), _mm(ceiling_um)), "depth_mm")
         on_pen = {p["name"] for p in self.profile_list()["profiles"]}
         total = len(on_pen | {p["name"] for p in wire_profiles})
         if total > PROFILES_MAX:

@@ -344,5 +344,6 @@ def clinical_info_to_host(raw):
         "auth_locked_s": raw.get("auth_locked_s"),
         "audit_entries": raw.get("audit_next"),
         "audit_lost": raw.get("audit_lost"),
+        "audit_corrupt_pages": raw.get("audit_corrupt_pages"),
     }
 

@@ -1,7 +1,7 @@
 """Depth profiles from TOML files (docs/design.md §4), validated on the host before anything is sent.
 
-A file holds one or more `[[profile]]` tables with exactly the fields
-`name`, `depth_mm`, `stroke_hz`, `max_session_s`. The rules are the pen's own
+A file holds one or more `[[profile]]` tables with the fields `name`, `depth_mm`, `stroke_hz`,
+`max_session_s` and, optionally, `min_interval_days` (0-90, default 0: no interval). The rules are the pen's own
 (`pen.profiles.check_*`, the same module the firmware runs); this module only
 converts host units to wire units and words the errors for a person editing
 the file: each names the file, the profile (1-based index and name) and the
@@ -16,11 +16,14 @@ import decimal
 import tomllib
 
 from penctl.firmware.pen import limits as lim
+from penctl.firmware.pen.intervals import check_min_interval_days
 from penctl.firmware.pen.profiles import ProfileError, check_depth_um, check_hz, check_name, check_session_s
 from penctl.errors import UsageError
 from penctl.paths import read_input_file
 
-FIELDS = ("name", "depth_mm", "stroke_hz", "max_session_s")
+FIELDS = ("name", "depth_mm", "stroke_hz", "max_session_s", "min_interval_days")
+#: fields a profile may leave out, with the value the pen then uses
+OPTIONAL = {"min_interval_days": 0}
 
 
 def _mm(um):
@@ -98,7 +101,11 @@ def _field_error(field, value):
             check_session_s(value)
         elif field == "depth_mm":
             return _depth_error(value)
+        elif field == "min_interval_days":
+            check_min_interval_days(value)
     except ProfileError:
+        if field == "min_interval_days":
+            return "min_interval_days %r must be a whole number of days 0-%d" % (value, lim.INTERVAL_DAYS_MAX)
         if field == "name":
             return "name %r must be 1-%d characters of a-z, 0-9 and '-'" % (value, lim.PROFILE_NAME_MAX)
         if field == "stroke_hz":
@@ -146,6 +153,8 @@ def validate_profiles(tables, source="profiles"):
                 add(index, label, key, "unknown field '%s' (allowed: %s)" % (key, ", ".join(FIELDS)))
         ok = True
         for field in FIELDS:
+            if field not in table and field in OPTIONAL:
+                continue
             if field not in table:
                 add(index, label, field, "%s is missing" % field)
                 ok = False
@@ -161,12 +170,18 @@ def validate_profiles(tables, source="profiles"):
             else:
                 seen[name] = index
         if ok:
-            out.append({
+            wire_profile = {
                 "name": name,
                 "depth_um": depth_mm_to_um(table["depth_mm"]),
                 "stroke_hz": table["stroke_hz"],
                 "max_session_s": table["max_session_s"],
-            })
+            }
+            # Sent only when the file sets it: the pen's default is the same, and a pen from before
+            # S18 still takes a profile without an interval.
+            for field in OPTIONAL:
+                if field in table:
+                    wire_profile[field] = table[field]
+            out.append(wire_profile)
     if problems:
         raise ProfileFileError("\n".join(p[2] for p in problems), problems)
     return out
@@ -200,4 +215,6 @@ def to_host(profile):
         "depth_mm": profile["depth_um"] / 1000 if isinstance(profile.get("depth_um"), int) else None,
         "stroke_hz": profile.get("stroke_hz"),
         "max_session_s": profile.get("max_session_s"),
+        # a pen before S18 sends no interval: it has none
+        "min_interval_days": profile.get("min_interval_days", OPTIONAL["min_interval_days"]),
     }

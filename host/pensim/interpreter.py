@@ -29,7 +29,10 @@ from pensim.loop import PRIORITY_STATE, EventLoop
 from pensim.rig_channel import RIG_TIMEOUT_S, RigChannel
 
 SHIM = Path(__file__).resolve().with_name("repl_shim.py")
-HEAPSIZE = "192K"              # the firmware's heap, as on an RP2040
+# The firmware's heap: an RP2040's 192 KB, in x64 objects. The same firmware takes more heap on the
+# unix port (8-byte words: its code 97.8 KB vs ~85 KB estimated for armv6m, objects up to twice);
+# at 192 KB the clinical modules (S16-S20) left no 2 KB block free at target speed.
+HEAPSIZE = "224K"
 SHIM_HEAPSIZE = "256K"         # the REPL holds a whole raw-paste program in RAM; a board streams it
 IN_CAP = 64 * 1024             # pen-bound bytes buffered before the host is flow-controlled
 SIGINT_RESEND_S = 1.0          # firmware not gone after Ctrl-C: SIGINT again ...

@@ -27,6 +27,21 @@ def hexs(data):
     return hexlify(data).decode()
 
 
+def clinician_sets_ceiling(request, serial, depth_um, key=KEY, key_id=KEY_ID):
+    """What a clinician does before pushing a profile deeper than the factory ceiling (S16), as
+    penctl does it: provision the key if the pen has none, then `ceiling_set` with the HMAC
+    answer to a fresh nonce. `request(op, **fields)` -> reply dict (the app's or a test pen's)."""
+    from binascii import unhexlify
+    if not request("info")["key_provisioned"]:
+        reply = request("key_provision", key=hexs(key), key_id=key_id)
+        assert reply["ok"], reply
+    nonce = request("auth_nonce")["nonce"]
+    mac = hmac_sha256(key, mac_message(unhexlify(nonce), serial, "ceiling_set", {"depth_um": depth_um}))
+    reply = request("ceiling_set", depth_um=depth_um, auth={"nonce": nonce, "mac": hexs(mac)})
+    assert reply["ok"], reply
+    return reply
+
+
 class Clock:
     """Pen time in us; ticks_us() wraps like time.ticks_us()."""
 

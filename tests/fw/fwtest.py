@@ -126,6 +126,11 @@ class Pen:
         return self.state()
 
     def push_profile(self, name="scalp", depth_um=500, stroke_hz=100, max_session_s=60):
+        if depth_um > self.app.clinical.ceiling_um:
+            # A factory-fresh pen allows 0.5 mm (S16): the clinician opens the full range first
+            # (2.5 mm, the S1 maximum), as for a pen used across the whole depth range.
+            from clinicalfix import clinician_sets_ceiling
+            clinician_sets_ceiling(self.request, self.board.serial, 2500)
         reply = self.request("profile_put", profile={"name": name, "depth_um": depth_um,
                                                      "stroke_hz": stroke_hz,
                                                      "max_session_s": max_session_s})

@@ -129,6 +129,11 @@ def make_template(base: Path) -> Path:
     try:
         pen = tp.pen
         tp.wait_state("LOCKED", "READY")
+        # A factory-fresh pen allows 0.5 mm (S16): its clinician opens the whole range first.
+        from penctl import clinical
+        key = clinical.new_key_file(base / "clinician.penkey")
+        clinical.provision_key(pen, key)
+        clinical.set_ceiling(pen, 2.5, key)
         pen.profile_push([{"name": PROFILE, "depth_mm": 1.0, "stroke_hz": 100, "max_session_s": 600}])
         pen.profile_use(PROFILE)
         pen.sterilise(wait=True)

@@ -31,9 +31,12 @@ class Command:
 
 
 def _table() -> dict[str, Command]:
-    from penctl.commands import fault, flash, info, log, ports, profile, session, sim, sterilise, telemetry
+    from penctl.commands import (
+        ceiling, clock, fault, flash, info, interval, key, log, ports, profile, session, sim, sterilise, telemetry,
+    )
 
-    _MODULES = (sim, ports, info, profile, sterilise, session, telemetry, log, flash, fault)
+    _MODULES = (sim, ports, info, profile, sterilise, session, telemetry, log, flash, fault, key, ceiling, clock,
+                interval)
     return {module.COMMAND.name: module.COMMAND for module in _MODULES}
 
 

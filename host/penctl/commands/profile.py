@@ -10,7 +10,9 @@ file format (one or more [[profile]] tables, exactly these fields; at most 1 MB)
   name = "scalp-crown"     # a-z, 0-9 and '-', 1-24 characters
   depth_mm = 1.0           # 0.25-2.5 mm, on the 0.05 mm grid
   stroke_hz = 110          # 50-150, whole Hz
-  max_session_s = 600      # 10-1800, whole seconds"""
+  max_session_s = 600      # 10-1800, whole seconds
+  min_interval_days = 14   # optional, 0-90 whole days between sessions (default 0: none)
+The pen refuses profiles deeper than its depth ceiling (penctl info; penctl ceiling set)."""
 
 
 def add_arguments(p):
@@ -41,8 +43,11 @@ def _profile_rows(listing):
     rows = []
     for p in listing["profiles"]:
         rows.append(("*" if p["name"] == listing["active"] else " ", p["name"], num(p["depth_mm"]) + " mm",
-                     "%s Hz" % p["stroke_hz"], "%s s" % p["max_session_s"]))
-    return table(("", "NAME", "DEPTH", "FREQUENCY", "MAX SESSION"), rows) if rows else "(no profiles on the pen)"
+                     "%s Hz" % p["stroke_hz"], "%s s" % p["max_session_s"],
+                     "%s d" % p["min_interval_days"] if p.get("min_interval_days") else "-"))
+    if not rows:
+        return "(no profiles on the pen)"
+    return table(("", "NAME", "DEPTH", "FREQUENCY", "MAX SESSION", "INTERVAL"), rows)
 
 
 def run(args, out):
