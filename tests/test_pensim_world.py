@@ -235,6 +235,22 @@ def test_used_mark_seen_in_a_measure_survives_a_power_cut(rec_pen):
     assert log_of(rec_pen) == [{"op": "cartridge", "id": "00000000000000D2", "used": True}]
 
 
+def test_used_mark_stays_with_its_cartridge_when_another_is_inserted(rec_pen):
+    # The mark is in cartridge D3's own memory: swapping in D4, a power cut, and D3 back (the
+    # rig saying nothing of a mark) must not make D3 fresh.
+    rec_pen.cartridge("00000000000000D3")
+    with open_port(rec_pen) as ser:
+        ser.write(b"mark\r")
+        read_until(ser, b"recorder: mark\n")
+    rec_pen.cartridge("00000000000000D4")
+    power_cycle(rec_pen)
+    assert log_of(rec_pen) == [{"op": "cartridge", "id": "00000000000000D4", "used": False}]
+    rec_pen.cartridge("00000000000000D3")
+    power_cycle(rec_pen)
+    assert log_of(rec_pen) == [{"op": "cartridge", "id": "00000000000000D3", "used": True}]
+    assert rec_pen.status()["cartridge_used"] is True
+
+
 # ---- the plant state the firmware leaves -----------------------------------------------------
 
 def test_measure_at_the_repl_reports_every_key_the_firmware_wrote(rec_pen):

@@ -230,6 +230,10 @@ class PenMachine:
 
     def _plant_op(self, req: dict, reply: Reply) -> None:
         op = req["op"]
+        if op == rigproto.OP_CARTRIDGE or req.get("fault") == "cartridge_out":
+            # The sim board writes its plant file the moment it marks a cartridge (S19): learn
+            # that mark while the marked cartridge is still the one in the world.
+            self.world.learn(self._final_plant())
         self.world.apply(req)
         interp = self.interpreter
         plant = interp.rig if interp is not None and interp.rig is not None and interp.rig.open else None

@@ -28,7 +28,9 @@ class World:
     def __init__(self) -> None:
         self.cartridge_known = False    # False until the rig says: the sim board's own default
         self.cartridge: str | None = None
-        self.cartridge_used = False
+        # Every cartridge marked used (S19), by ID: a mark is in the cartridge's own memory, so
+        # it stays with that cartridge when another is inserted and this one comes back later.
+        self.marked: set[str] = set()
         self.lid_closed = True          # the pen sits in its closed dock
 
     def apply(self, req: dict) -> None:
@@ -38,7 +40,8 @@ class World:
         if op == rigproto.OP_CARTRIDGE:
             self.cartridge_known = True
             self.cartridge = _normal_id(req["id"])
-            self.cartridge_used = bool(req.get("used", False)) and self.cartridge is not None
+            if self.cartridge is not None and req.get("used", False) is True:
+                self.marked.add(self.cartridge)      # "used": false never removes a mark
         elif op == rigproto.OP_LID:
             self.lid_closed = req["closed"]
         elif op == rigproto.OP_CLEAR_INJECTIONS:
@@ -53,7 +56,6 @@ class World:
         elif req["fault"] == FAULT_CARTRIDGE_OUT:
             self.cartridge_known = True
             self.cartridge = None
-            self.cartridge_used = False
 
     def learn(self, report: dict) -> None:
         """Take the used mark from a plant report (a measure answer, the final plant state): the
@@ -62,7 +64,12 @@ class World:
         cartridge = report.get("cartridge")
         if (isinstance(used, bool) and isinstance(cartridge, str) and self.cartridge is not None
                 and _normal_id(cartridge) == self.cartridge):
-            self.cartridge_used = self.cartridge_used or used   # write-once: a mark never goes
+            if used:
+                self.marked.add(self.cartridge)    # write-once: a mark never goes
+
+    @property
+    def cartridge_used(self) -> bool:
+        return self.cartridge is not None and self.cartridge in self.marked
 
     def replay(self) -> list[dict]:
         """Requests that put a freshly started sim board into this world."""
