@@ -22,7 +22,9 @@ from penctl.tracing import Trace, log
 DESCRIPTION = """\
 Host tool for the motorised microneedling pen: configure depth profiles, run
 the dock sterilisation cycle, run and stop treatment sessions, stream and
-export telemetry, read the session log, clear faults, deploy the firmware.
+export telemetry, read the session log and the audit trail, manage the
+clinician key (depth ceiling, clock, interval override), clear faults, deploy
+the firmware.
 
 Every value, input file and output path is checked on this computer before
 anything is sent; the pen checks again and refuses what it must (locked out,
