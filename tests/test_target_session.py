@@ -19,7 +19,7 @@ LIMIT_TOL_MS = 10            # S8: ends at max_session_s within 10 ms
 REACTION_US = 2000           # S4: motor off within 2 ms of the event
 RETRACTED_UM = 50            # S9: needles at <= 0.05 mm ...
 RETRACT_US = 1_500_000       # ... within 1.5 s
-CTRL_C_US = 50_000           # S9: Ctrl-C -> motor off, bounded by core 0's longest step (docs/notes/fw-timing.md)
+CTRL_C_US = 50_000           # S9: Ctrl-C -> motor off, bounded by core 0's longest step (docs/design.md S9)
 MS_2_30 = 1 << 30
 MS_2_31 = 1 << 31
 PENCTL = str(Path(sys.executable).parent / "penctl")

@@ -2,7 +2,7 @@
 # analogue switch stuck on the thermistor, which reads the same) or an implausibly bright
 # reading: a dark reading with the LED off before the dose and after it, an upper bound;
 # each aborts the cycle with a named reason and the pen stays LOCKED. Numbers from
-# docs/design.md §2.1; the 1300 permille bound is the design's (docs/notes/fw-timing.md).
+# docs/design.md §2.1; the 1300 permille bound is the design's (S12).
 # Runs on CPython and MicroPython.
 from fwtest import Pen
 

@@ -12,7 +12,7 @@ DOSE_MS_AT_NOMINAL = 60000        # 60 s at nominal intensity
 MIN_PM = 800                      # >= 80 % of nominal
 # S12: the sensor is read dark with the LED off before the dose (and after it); the LED
 # and the sensor settle for 10 ms after each switch before a reading counts (design
-# choice, docs/notes/fw-timing.md): the dose does not include those ms.
+# choice, docs/design.md S5 and S12): the dose does not include those ms.
 SETTLE_MS = 10
 
 

@@ -9,7 +9,7 @@ import penfix
 
 RETRACTED_UM = 50            # S9: needles at <= 0.05 mm ...
 RETRACT_US = 1500000         # ... within 1.5 s of the motor going off
-CTRL_C_US = 50000            # Ctrl-C -> motor off: core 0's longest step (docs/notes/fw-timing.md)
+CTRL_C_US = 50000            # Ctrl-C -> motor off: core 0's longest step (docs/design.md S9)
 
 
 def _target_session(cartridge):

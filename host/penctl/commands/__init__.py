@@ -3,7 +3,16 @@
 A command group is one module here that defines `COMMAND = Command(...)`, plus one entry in
 `_MODULES` below. penctl.cli builds the parser from the table, runs `check(args)` (every
 argument, input file and output path; nothing touches the pen) and then `run(args, out)`.
-See docs/notes/host-penctl.md, "Adding a command".
+
+Adding a group: create `commands/NAME.py` with `add_arguments(parser)` (use
+`common.add_actions` / `common.add_action` for sub-actions), `check(args)` (validate every
+argument; output paths through `penctl.paths.check_output_path`, input files through
+`penctl.paths.read_input_file`, regular files of at most 1 MB) and `run(args, out)` (open the
+pen with `common.open_pen(args)`, report with `out.result(json_dict, human_text)`, return the
+exit code), then `COMMAND = Command("NAME", "one-line help", add_arguments, run, check=check)`,
+and add the module to `_MODULES`. Errors are raised, never printed: `UsageError` (exit 2),
+`PenRefused` (1), `LinkError` / `ProtocolError` (3); penctl.cli prints `penctl: message` (or
+the JSON error object) and picks the exit code.
 """
 
 from __future__ import annotations
