@@ -232,7 +232,9 @@ def test_lockout_cartridges_and_session_run(fresh_pen, tmp_path):
     session = ok(run("session", "run", "--seconds", "2", "--csv", csv_path, "--plot", png_path, port=port))
     assert time.monotonic() - started < 30
     assert session["profile"] == "scalp-frontal" and session["cartridge"] == "C0FFEE0100000001"
-    assert session["end_reason"] == "STOPPED"
+    # the pen itself ended it at the 2 s asked (session_start's run_ms; S8 precision, 10 ms)
+    assert session["end_reason"] == "TIME_LIMIT" and session["ended_by"] == "the time asked"
+    assert session["complete"] is True and 2.0 - 0.01 <= session["duration_s"] <= 2.0 + 0.01
     assert session["samples"] >= 90 and session["sample_gaps"] == 0
     with open(csv_path, newline="") as handle:
         rows = list(csv.reader(handle))
@@ -268,7 +270,7 @@ def test_lockout_cartridges_and_session_run(fresh_pen, tmp_path):
     entries = ok(run("log", port=port))["entries"]
     sessions = [e for e in entries if e["kind"] == "session"]
     assert [s["cartridge"] for s in sessions] == ["C0FFEE0100000001", "C0FFEE0200000002"]
-    assert sessions[0]["depth_mm"] == 0.5 and sessions[0]["end"] == "STOPPED"
+    assert sessions[0]["depth_mm"] == 0.5 and sessions[0]["end"] == "TIME_LIMIT" and sessions[0]["limit_s"] == 2.0
     assert sessions[1]["profile"] == "scalp-crown" and sessions[1]["depth_mm"] == 1.0
     assert [e["result"] for e in entries if e["kind"] == "sterilise"] == ["done", "done"]
     human = run("log", port=port, json_out=False)

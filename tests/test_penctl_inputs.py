@@ -160,7 +160,7 @@ def test_full_disk_after_a_session_saves_the_rows_to_a_fallback_file(tmp_path):
     assert payload["error"]["code"] == "FILE"
     assert "No space left on device" in proc.stderr and "the pen was used" in proc.stderr.lower()
     session = payload["session"]
-    assert session["complete"] is True and session["end_reason"] == "STOPPED"
+    assert session["complete"] is True and session["end_reason"] == "TIME_LIMIT"
     fallback = session["csv_fallback"]
     assert os.path.dirname(fallback) == str(fallback_dir) and fallback in proc.stderr
     with open(fallback, newline="") as handle:

@@ -57,6 +57,20 @@ def test_target_session_ends_at_max_session_s(tpen):
     assert entry["strokes"] > SESSION_S * 90
 
 
+def test_target_session_ends_at_the_run_ms_asked(tpen):
+    # `session run --seconds N` asks the pen to end the session itself (session_start's run_ms):
+    # the same limit as S8, so the same 10 ms, however late the host is.
+    run_ms = 4000
+    started = tpen.start_session(max_session_s=600, settle_ms=0, run_ms=run_ms)
+    assert started["limit_ms"] == run_ms
+    tpen.wait(lambda: not tpen.measure()["motor_on"], "motor off", timeout_s=120)
+    length_ms = tpen.measure()["motor_off_us"] / 1000 - started["t_ms"]
+    entry = _session_end(tpen)
+    print("target run_ms: motor off %.3f ms after the session started (run_ms %d); log %s" % (length_ms, run_ms, entry))
+    assert abs(length_ms - run_ms) <= LIMIT_TOL_MS
+    assert entry["end"] == "TIME_LIMIT" and abs(entry["duration_s"] * 1000 - run_ms) <= LIMIT_TOL_MS
+
+
 # ---- S10: the pen clock started near 2**30 ms and 2**31 ms ----
 
 @pytest.mark.parametrize("boundary_ms", [MS_2_30, MS_2_31], ids=["2^30ms", "2^31ms"])

@@ -81,7 +81,7 @@ ABORT_NAMES = ("NONE", "LID_OPEN", "LOW_UV", "TIMEOUT", "CANCELLED", "FAULT", "U
 
 # Mailbox commands, core 0 -> core 1: Controller.cmd, with cmd_a/b/c as arguments.
 CMD_NONE = const(0)
-CMD_SESSION_START = const(1)     # a: depth_um, b: stroke Hz, c: max_session_s
+CMD_SESSION_START = const(1)     # a: depth_um, b: stroke Hz, c: the session's limit, ms (S8)
 CMD_SESSION_STOP = const(2)
 CMD_STERILISE = const(3)
 CMD_STERIL_CANCEL = const(4)

@@ -263,6 +263,17 @@ def op_sterilise_cancel(app, body):
     return {}
 
 
+def _run_ms(body):
+    """session_start's optional `run_ms`: the pen ends the session itself after that much pen
+    time (S8's mechanism, END TIME_LIMIT), so a host that dies or lags cannot prolong it."""
+    run_ms = body.get("run_ms")
+    if run_ms is None:
+        return None
+    if not isinstance(run_ms, int) or isinstance(run_ms, bool) or not 1 <= run_ms <= lim.SESSION_MAX_S * 1000:
+        raise PenError(proto.E_DURATION_RANGE, "run_ms must be an integer 1-%d ms" % (lim.SESSION_MAX_S * 1000))
+    return run_ms
+
+
 def op_session_start(app, body):
     """Every check first, with nothing written (state, profile, ceiling, interval and clock,
     cartridge present, its ID, its own used mark, the pen's used list); then the cartridge's
@@ -274,6 +285,7 @@ def op_session_start(app, body):
         raise PenError(proto.E_LOCKED, "the pen is locked: run a sterilisation cycle first")
     if state != c.READY:
         raise PenError(proto.E_BUSY, "cannot start a session while %s" % c.STATE_NAMES[state])
+    run_ms = _run_ms(body)
     name = body.get("profile")
     if name is None:
         name = rec.active
@@ -299,6 +311,9 @@ def op_session_start(app, body):
     # S19: the mark goes on the cartridge first. If it cannot be written the session is refused
     # with nothing written on the pen: it stays READY with its unlock (no needle moved), and
     # the cartridge is to be discarded (a torn mark reads as used). Then the session time (S18).
+    limit_ms = profile["max_session_s"] * 1000      # S8: the profile's limit, or the host's shorter run
+    if run_ms is not None and run_ms < limit_ms:
+        limit_ms = run_ms
     clinical.session_starting(profile, cart)
     # Consume the unlock and record the cartridge before the motor can run (S5, S6): a
     # crash from here on leaves the pen LOCKED.
@@ -307,14 +322,14 @@ def op_session_start(app, body):
         rec.commit(REC_CARTRIDGES, used=(rec.used + [cart])[-lim.USED_CARTRIDGES_MAX:])
         entry = rec.log({"kind": "session", "profile": profile["name"], "depth_um": profile["depth_um"],
                          "stroke_hz": profile["stroke_hz"], "max_session_s": profile["max_session_s"],
-                         "cartridge": cart, "start_ms": app.now_ms(), "end": c.END_INTERRUPTED,
+                         "limit_ms": limit_ms, "cartridge": cart, "start_ms": app.now_ms(), "end": c.END_INTERRUPTED,
                          "duration_ms": 0, "strokes": 0})
     except StoreError:
         clinical.session_ended(profile["name"], False)   # no treatment: its interval time given back
         raise
     app.session = entry
     try:
-        _command(app, c.CMD_SESSION_START, profile["depth_um"], profile["stroke_hz"], profile["max_session_s"])
+        _command(app, c.CMD_SESSION_START, profile["depth_um"], profile["stroke_hz"], limit_ms)
     except PenError:
         # The control core refused after the records were written (its state changed in
         # between): the unlock stays spent (fail closed); the entry says the session never ran.
@@ -324,7 +339,8 @@ def op_session_start(app, body):
         clinical.session_ended(profile["name"], False)
         raise
     entry["start_ms"] = app.full_ms(app.ctl.session_start_ms)   # when core 1 started it (S8 counts from here)
-    return {"session": entry["id"], "profile": profile["name"], "cartridge": cart, "t_ms": entry["start_ms"]}
+    return {"session": entry["id"], "profile": profile["name"], "cartridge": cart, "t_ms": entry["start_ms"],
+            "limit_ms": limit_ms}
 
 
 def op_session_stop(app, body):

@@ -182,14 +182,14 @@ class Phases:
 
     # ---- session ----
 
-    def _start_session(self, depth_um, hz, max_s):
+    def _start_session(self, depth_um, hz, limit_ms):
         self.depth_set_um = depth_um
         self.hz_set_chz = hz * 100
         self._tach_timeout_us = TACH_TIMEOUT_PERIODS * 1000000 // hz   # expected strokes, us
         # Feed-forward voltages for this set point, computed once instead of every tick.
         self._ff_mv = MOTOR_FF_MV_OFFSET + hz * MOTOR_FF_MV_PER_HZ
         self._ff_accel_mv = hz * 100 * 10 // SOFT_START_MS * MOTOR_FF_MV_PER_HZ_S_X10 // 10
-        self.session_max_ms = max_s * 1000
+        self.session_max_ms = limit_ms
         self.session_ms = 0
         self.session_start_ms = self.now_ms
         self.end_reason = END_NONE

@@ -109,6 +109,9 @@ class Pen:
     STOP_POLL_S = 0.1
     #: once `info` shows a session over, how long to wait for its `session_end` event
     END_EVENT_GRACE_S = 0.5
+    #: `session run`: the pen ends the session at the time asked (session_start's run_ms); the host
+    #: stops it itself only if it still runs this much pen time later (more than a retraction)
+    RUN_BACKSTOP_MS = 2000
 
     def __init__(self, port=None, timeout=None, open_timeout=None, connect=True, serial_number=None,
                  trace=None):
@@ -313,11 +316,17 @@ class Pen:
 
     # ---- sessions ----
 
-    def session_start(self, profile=None):
+    def session_start(self, profile=None, run_ms=None):
+        """Start a session with `profile` (default: the active one). `run_ms`: the pen ends it
+        itself after that many ms of pen time (1 ms to 1800 s; never beyond max_session_s)."""
+        fields = {}
         if profile is not None:
-            check_profile_name(profile)
-            return self.request("session_start", profile=profile)
-        return self.request("session_start")
+            fields["profile"] = check_profile_name(profile)
+        if run_ms is not None:
+            if isinstance(run_ms, bool) or not isinstance(run_ms, int) or not 1 <= run_ms <= SESSION_RUN_MAX_S * 1000:
+                raise UsageError("run_ms must be an integer 1-%d ms" % (SESSION_RUN_MAX_S * 1000))
+            fields["run_ms"] = run_ms
+        return self.request("session_start", **fields)
 
     def session_stop(self, wait=True, timeout=None):
         """Stop the running session. With `wait` (default), return only once the pen confirms the
@@ -413,11 +422,14 @@ class Pen:
         started (or until the pen ends it), stop it and wait until the pen confirms the end. The session
         is stopped whatever happens (exceptions, KeyboardInterrupt).
 
-        Returns a summary with "rows", "end_reason" (the pen's: STOPPED, TIME_LIMIT, FAULT, ...) and
-        "complete": True only when the session ran the time asked (end STOPPED by this call, the pen's
-        own duration at least the time asked less one sample period) or the pen ended it at its
-        max_session_s (TIME_LIMIT). An exception raised after the session started carries the rows
-        recorded so far as its `recording` attribute."""
+        The pen ends the session itself at the time asked (session_start's run_ms, S8's precision),
+        so a host that lags or dies cannot prolong it; this call stops it only as a backstop
+        (RUN_BACKSTOP_MS later). Returns a summary with "rows", "end_reason" (the pen's: TIME_LIMIT,
+        STOPPED, FAULT, ...) and "complete": True only when the session ran the time asked (the pen
+        ended it at the limit asked; or the backstop stopped it and the pen's own duration is at
+        least the time asked less one sample period) or the pen ended it at its max_session_s
+        (TIME_LIMIT). An exception raised after the session started carries the rows recorded so
+        far as its `recording` attribute."""
         seconds = check_seconds(seconds, SESSION_RUN_MAX_S)
         if profile is not None:
             check_profile_name(profile)
@@ -427,16 +439,16 @@ class Pen:
         recording = streaming.Recording()
         started = None
         waited = False
-        asked_ms = round(seconds * 1000)
+        asked_ms = max(1, round(seconds * 1000))
         try:
-            started = self.session_start(profile)
+            started = self.session_start(profile, run_ms=asked_ms)
             session = started.get("session")
             t0 = started.get("t_ms")
             if isinstance(t0, bool) or not isinstance(t0, int):
                 raise ProtocolError("session_start reply without its pen time t_ms: %r" % (started,))
             log.info("session %s started at pen time %d ms; recording until %d ms", session, t0, t0 + asked_ms)
-            how = streaming.record(self, sub, recording, until_ms=t0 + asked_ms, session=session,
-                                   on_sample=on_sample)
+            how = streaming.record(self, sub, recording, until_ms=t0 + asked_ms + self.RUN_BACKSTOP_MS,
+                                   session=session, on_sample=on_sample)
             stopped_here = how == "time"
             if stopped_here:
                 self._quietly(self.request, "session_stop")
@@ -458,8 +470,10 @@ class Pen:
         end = recording.session_end or ended["session_end"]
         reason = end.get("reason") if end else None
         duration_ms = end.get("duration_ms") if end else None
-        ran_asked = (stopped_here and reason == "STOPPED" and isinstance(duration_ms, int)
-                     and duration_ms >= asked_ms - sub.period_ms)
+        limit_ms = started.get("limit_ms")
+        ran_asked = ((reason == "TIME_LIMIT" and limit_ms == asked_ms)
+                     or (stopped_here and reason == "STOPPED" and isinstance(duration_ms, int)
+                         and duration_ms >= asked_ms - sub.period_ms))
         return {
             "session": started.get("session"),
             "profile": started.get("profile"),

@@ -37,3 +37,45 @@ def test_s8_session_stops_at_max_session_s():
     assert pen.board.carriage_um == 0
     session = [e for e in penfix.log_entries(pen) if e["kind"] == "session"][-1]
     assert session["end"] == "TIME_LIMIT" and session["max_session_s"] == 10
+
+
+def test_s8_session_ends_at_the_run_ms_the_host_asked():
+    # session_start's run_ms (docs/design.md §3.1): the pen ends the session itself, with S8's
+    # precision, so a host that lags or dies cannot make it longer than asked.
+    pen = penfix.ready_pen(max_session_s=600, cartridge="CA08020000000000")
+    reply = pen.request("session_start", run_ms=2500)
+    assert reply["ok"] and reply["limit_ms"] == 2500, reply
+    started = pen.ctl.now_ms
+    pen.run_ms(2490)
+    assert pen.state() == "RUNNING" and pen.board.duty_bp > 0
+    pen.run_until(lambda: pen.board.duty_bp == 0, 100)
+    stopped_ms = pen.ctl.now_ms - started
+    assert 2500 - 1 <= stopped_ms <= 2500 + 1
+    pen.run_until(lambda: pen.state() == "LOCKED", 3000)
+    end = pen.events("session_end")
+    assert len(end) == 1 and end[0]["reason"] == "TIME_LIMIT"
+    session = [e for e in penfix.log_entries(pen) if e["kind"] == "session"][-1]
+    assert session["end"] == "TIME_LIMIT" and session["limit_ms"] == 2500 and session["max_session_s"] == 600
+
+
+def test_s8_run_ms_beyond_the_profile_keeps_the_profile_limit():
+    pen = penfix.ready_pen(max_session_s=10, cartridge="CA08030000000000")
+    reply = pen.request("session_start", run_ms=20000)
+    assert reply["ok"] and reply["limit_ms"] == 10000, reply
+    started = pen.ctl.now_ms
+    pen.run_ms(9990)
+    assert pen.state() == "RUNNING" and pen.board.duty_bp > 0
+    pen.run_until(lambda: pen.board.duty_bp == 0, 100)
+    assert 10000 - 1 <= pen.ctl.now_ms - started <= 10000 + 1
+
+
+def test_s8_run_ms_out_of_range_is_refused_before_anything_changes():
+    pen = penfix.ready_pen(max_session_s=600, cartridge="CA08040000000000")
+    log_before = penfix.log_entries(pen)
+    for bad in (0, -1, 1800001, 2.5, "100", True, [1000]):
+        reply = pen.request("session_start", run_ms=bad)
+        assert reply["ok"] is False and reply["code"] == "DURATION_RANGE", (bad, reply)
+        assert pen.state() == "READY"
+    assert penfix.log_entries(pen) == log_before
+    # the unlock and the cartridge were not used up: the largest run_ms still starts it
+    assert pen.request("session_start", run_ms=1800000)["ok"]

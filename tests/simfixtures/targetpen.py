@@ -109,7 +109,7 @@ class TargetPen:
         self.wait(lambda: self.pen_ms() >= end, "%d ms of pen time" % ms)
 
     def start_session(self, stroke_hz: int = 100, max_session_s: int = 600, depth_mm: float = 1.0,
-                      settle_ms: int = 500) -> dict:
+                      settle_ms: int = 500, run_ms: int | None = None) -> dict:
         """READY pen -> a session driving the motor, past its soft start."""
         assert self.wait_state("READY", "LOCKED", "FAULT") == "READY"   # homed after power-on
         name = "p%d-%d" % (stroke_hz, max_session_s)
@@ -117,7 +117,7 @@ class TargetPen:
                                 "max_session_s": max_session_s}])
         self.pen.profile_use(name)
         self.rig(op="cartridge", id=fresh_cartridge())
-        started = self.pen.session_start()
+        started = self.pen.session_start(run_ms=run_ms)
         self.wait(lambda: self.measure()["motor_on"], "motor on")
         self.wait_pen_ms(settle_ms)
         return started

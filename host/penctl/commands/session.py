@@ -28,9 +28,10 @@ def add_arguments(p):
     stop.add_argument("--no-wait", action="store_true", help="return as soon as the pen accepted the stop")
     _add_stop_timeout(stop)
     run = add_action(actions, "run", "start a session, record telemetry for N seconds, stop it",
-                     "Start a session, record telemetry for N seconds of pen time from the session's\n"
-                     "start, then stop it and wait until the pen confirms the end. The session is\n"
-                     "stopped whatever happens (Ctrl-C, SIGTERM, SIGHUP: exit 130).\n"
+                     "Start a session that the pen itself ends after N seconds of pen time (it\n"
+                     "does not depend on this computer to stop it), record telemetry, and wait\n"
+                     "until the pen confirms the end. The session is stopped at once whatever\n"
+                     "happens here (Ctrl-C, SIGTERM, SIGHUP: exit 130).\n"
                      "Exit 0 only when it ran the N seconds asked, or the pen ended it at the\n"
                      "profile's max_session_s (the summary says which). Exit 1 if the pen ended it\n"
                      "early (fault, cartridge removed); the recording is still written.\n"
@@ -69,7 +70,7 @@ def _run(args, out):
         file_problem = exc
         result.update(exc.written)
     if result["complete"]:
-        how = ("ran the %g s asked" % args.seconds if result["end_reason"] == "STOPPED"
+        how = ("ran the %g s asked" % args.seconds if result["ended_by"] == "the time asked"
                else "ended at the profile's max_session_s (%s)" % result["end_reason"])
     else:
         how = "ended early: %s" % result["end_reason"]
