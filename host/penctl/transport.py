@@ -61,8 +61,9 @@ class SerialLink:
     BAUDRATE = 115200
     #: how long one blocking read may wait before the deadline is checked again
     POLL_S = 0.05
-    #: our request echoed back (a REPL, never the firmware): give up this soon after, not at the timeout
-    ECHO_GRACE_S = 0.3
+    #: our request echoed back (a REPL, never the firmware): give up this soon after, plus the time
+    #: the echo took to come back (a slow link delays an answer as much), not at the timeout
+    ECHO_GRACE_S = 0.1
     #: on open, what arrives is discarded until the port has been quiet this long ...
     DRAIN_QUIET_S = 0.05
     #: ... or for at most this long (a pen still streaming to a client that died never goes quiet)
@@ -188,12 +189,14 @@ class SerialLink:
         self._responses.clear()
         self._awaiting = (num, fresh_events)
         self._write(frame)
+        sent = time.monotonic()
         timeout = self.REQUEST_TIMEOUT_S if timeout is None else timeout
-        deadline = time.monotonic() + timeout
+        deadline = sent + timeout
         try:
             while num not in self._responses:
                 remaining = deadline - time.monotonic()
-                if remaining <= 0 or (self.echoed and time.monotonic() - self._echo_t > self.ECHO_GRACE_S):
+                echo_grace = self.ECHO_GRACE_S + max(0.0, self._echo_t - sent)
+                if remaining <= 0 or (self.echoed and time.monotonic() - self._echo_t > echo_grace):
                     raise LinkError(self._timeout_message(body.get("op"), timeout))
                 self._pump(min(remaining, self.POLL_S))
                 if self.foreign_version is not None and num not in self._responses:
