@@ -289,8 +289,9 @@ def test_real_firmware_final_plant_has_every_measured_key(tmp_path):
 # A MicroPython main.py that takes a while to stop after Ctrl-C, with the motor still on, and
 # never answers the rig channel.
 SLOW_STOP_MAIN = r'''
-import json, os, time
+import json, os, sys, time
 try:
+    sys.stdout.write("slow-stop: ready\n")   # Ctrl-C before this line would miss the handler
     while True:
         time.sleep_ms(5)
 except KeyboardInterrupt:
@@ -309,6 +310,7 @@ def test_measure_while_the_firmware_stops_waits_for_the_truth(tmp_path):
     with VirtualPen(blank=True, state_dir=flash, clock="fast") as pen:
         pen.wait_for(lambda s: s["firmware"])
         with open_port(pen) as ser:
+            read_until(ser, b"slow-stop: ready")   # on a loaded machine the interpreter starts late
             ser.write(b"\x03")
             pen.wait_for(lambda s: s["mode"] == "stopping", timeout=2)
             meas = pen.measure()

@@ -98,6 +98,9 @@ def log_entry_to_host(entry):
 
 class Pen:
     """A connection to one pen (real or virtual). A context manager."""
+    # About 420 lines: it is the library's whole surface, one short method per pen operation
+    # (the CLI, the HIL suite and scripts call these); the framing is in transport.py, the
+    # streaming in streaming.py, the clinical operations in clinical.py.
 
     #: pause between sterilise_status polls, s
     STERILISE_POLL_S = 0.25

@@ -72,7 +72,7 @@ def test_heap_lock_detects_allocation():
 def test_heap_tick_session_no_allocation():
     # from the session start command: positioning, soft start, speed loop
     pen = penfix.ready_pen(depth_um=1000, stroke_hz=150, cartridge="CA10010000000000")
-    us = _locked_ticks(pen, command=(c.CMD_SESSION_START, 1000, 150, 60))
+    us = _locked_ticks(pen, command=(c.CMD_SESSION_START, 1000, 150, 60000))   # c: the limit, ms
     assert pen.ctl.state == c.RUNNING and pen.board.duty_bp > 0
     assert abs(pen.board.speed_mhz - 150000) * 100 <= 2 * 150000   # the loop still regulates
     print("heap: RUNNING (start + drive) %d periods, %.1f us per period + plant step" % (TICKS, us))
@@ -88,7 +88,7 @@ def test_heap_tick_session_no_allocation():
 
 def test_heap_tick_session_time_limit_no_allocation():
     pen = penfix.ready_pen(max_session_s=10, cartridge="CA10030000000000")
-    _locked_ticks(pen, 11000, command=(c.CMD_SESSION_START, 500, 100, 10))
+    _locked_ticks(pen, 11000, command=(c.CMD_SESSION_START, 500, 100, 10000))   # c: the limit, ms
     assert pen.ctl.state == c.LOCKED and pen.ctl.end_reason == c.END_TIME_LIMIT
 
 
