@@ -400,13 +400,20 @@ class Pen:
         sub.start()
         return sub
 
-    def telemetry(self, seconds, on_sample=None):
+    def telemetry(self, seconds, on_sample=None, lease=None):
         """Record this command's own telemetry for `seconds` of pen time from its subscription.
-        Returns {"rows", "samples", "seconds", "sample_gaps", "stale_dropped", "event_gaps"}; an exception
-        carries the rows recorded so far as its `recording` attribute."""
+        `lease`: samples the pen may send between renewals (default streaming.LEASE_SAMPLES, 5 s; up
+        to the pen's maximum, 60 s): a longer one rides out a host that falls behind, and a dead
+        client's stream lasts as long. Returns {"rows", "samples", "seconds", "sample_gaps",
+        "stale_dropped", "restarts", "event_gaps"}; an exception carries the rows recorded so far as
+        its `recording` attribute."""
         seconds = check_seconds(seconds, TELEMETRY_MAX_S)
+        if lease is None:
+            lease = streaming.LEASE_SAMPLES
+        elif isinstance(lease, bool) or not isinstance(lease, int) or not 1 <= lease <= lim.TELEMETRY_LEASE_MAX:
+            raise UsageError("lease must be an integer 1-%d samples" % lim.TELEMETRY_LEASE_MAX)
         gaps_before = self.link.event_gaps
-        sub = streaming.Subscription(self)
+        sub = streaming.Subscription(self, lease=lease)
         sub.start()
         recording = streaming.Recording()
         try:
@@ -417,7 +424,7 @@ class Pen:
         finally:
             sub.stop()
         return {"samples": len(recording.rows), "seconds": seconds, "sample_gaps": sub.gaps,
-                "stale_dropped": sub.stale, "event_gaps": self.link.event_gaps - gaps_before,
+                "stale_dropped": sub.stale, "restarts": sub.restarts, "event_gaps": self.link.event_gaps - gaps_before,
                 "rows": recording.rows}
 
     def session_run(self, seconds, on_sample=None, profile=None, stop_timeout=None):
