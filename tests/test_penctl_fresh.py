@@ -125,3 +125,33 @@ def test_session_run_ended_by_someone_else_is_not_a_success(pen, tmp_path):
                 proc.communicate()
     assert proc.returncode == 1, (stdout, stderr)
     assert '"code": "ENDED_EARLY"' in stdout and "ended early" in stderr
+
+
+def test_session_run_that_the_pen_does_not_end_is_not_a_success(tmp_path):
+    # A pen whose firmware ignores session_start's run_ms (an older firmware, or a bug) drives on
+    # past the time asked: penctl's backstop stops it 2 s later (Pen.RUN_BACKSTOP_MS) and says
+    # the pen overran: exit 1 OVERRAN, never "ran the time asked".
+    from pensim.flash_dir import install_factory_image
+
+    state = tmp_path / "state"
+    state.mkdir()
+    assert install_factory_image(state)
+    ops = state / "pen" / "ops.py"
+    source = ops.read_text()
+    assert "    run_ms = _run_ms(body)\n" in source
+    ops.write_text(source.replace("    run_ms = _run_ms(body)\n", "    run_ms = None\n"))
+    with VirtualPen(clock="fast", state_dir=state) as vpen:
+        wait_state(vpen, ("LOCKED", "READY"))
+        profiles = tmp_path / "long.toml"
+        profiles.write_text(LONG_PROFILE)
+        ok(run("profile", "push", profiles, port=vpen.port))
+        ok(run("profile", "use", "long", port=vpen.port))
+        ok(run("sterilise", port=vpen.port))
+        rig(vpen, {"op": "cartridge", "id": "F4E5A00300000003"})
+        result = run("session", "run", "--seconds", "2", port=vpen.port)
+    assert result.rc == 1, (result.stdout, result.stderr)
+    error = result.json["error"]
+    assert error["code"] == "OVERRAN" and "did not end the session at the 2 s asked" in error["message"]
+    session = result.json["session"]
+    assert session["complete"] is False and session["ended_by"] == "penctl's backstop"
+    assert session["end_reason"] == "STOPPED" and session["duration_s"] >= 2.0 + 2.0

@@ -41,6 +41,8 @@ RETRACTED_MAX_UM = lim.DEPTH_TOL_UM
 ENDED_STATES = ("LOCKED", "FAULT")
 #: the longest `session run --seconds` (a session never outlasts the longest profile)
 SESSION_RUN_MAX_S = lim.SESSION_MAX_S
+#: `session run`'s ended_by when the pen did not end the session at the time asked and penctl did
+BACKSTOP = "penctl's backstop"
 #: the longest `telemetry --seconds`: an hour is 180 000 rows held in memory until written
 TELEMETRY_MAX_S = 3600
 
@@ -434,12 +436,11 @@ class Pen:
 
         The pen ends the session itself at the time asked (session_start's run_ms, S8's precision),
         so a host that lags or dies cannot prolong it; this call stops it only as a backstop
-        (RUN_BACKSTOP_MS later). Returns a summary with "rows", "end_reason" (the pen's: TIME_LIMIT,
-        STOPPED, FAULT, ...) and "complete": True only when the session ran the time asked (the pen
-        ended it at the limit asked; or the backstop stopped it and the pen's own duration is at
-        least the time asked less one sample period) or the pen ended it at its max_session_s
-        (TIME_LIMIT). An exception raised after the session started carries the rows recorded so
-        far as its `recording` attribute."""
+        (RUN_BACKSTOP_MS later), and then the session is not complete: the pen did not keep the
+        time. Returns a summary with "rows", "end_reason" (the pen's: TIME_LIMIT, STOPPED, FAULT,
+        ...) and "complete": True only when the pen ended it at the time asked or at its
+        max_session_s (TIME_LIMIT, with the limit it confirmed in `limit_ms`). An exception raised
+        after the session started carries the rows recorded so far as its `recording` attribute."""
         seconds = check_seconds(seconds, SESSION_RUN_MAX_S)
         if profile is not None:
             check_profile_name(profile)
@@ -481,9 +482,8 @@ class Pen:
         reason = end.get("reason") if end else None
         duration_ms = end.get("duration_ms") if end else None
         limit_ms = started.get("limit_ms")
-        ran_asked = ((reason == "TIME_LIMIT" and limit_ms == asked_ms)
-                     or (stopped_here and reason == "STOPPED" and isinstance(duration_ms, int)
-                         and duration_ms >= asked_ms - sub.period_ms))
+        pen_limit = reason == "TIME_LIMIT" and not stopped_here and isinstance(limit_ms, int)
+        ran_asked = pen_limit and limit_ms == asked_ms
         return {
             "session": started.get("session"),
             "profile": started.get("profile"),
@@ -491,8 +491,10 @@ class Pen:
             "seconds_asked": seconds,
             "start_t_s": _s(started.get("t_ms")),
             "end_reason": reason,
-            "complete": ran_asked or reason == "TIME_LIMIT",
-            "ended_by": ("the time asked" if ran_asked else "the profile's max_session_s" if reason == "TIME_LIMIT"
+            "complete": pen_limit and limit_ms <= asked_ms,
+            "ended_by": ("the time asked" if ran_asked
+                         else "the profile's max_session_s" if pen_limit and limit_ms < asked_ms
+                         else BACKSTOP if stopped_here
                          else "the pen, early" if reason else "unknown (no session_end from the pen)"),
             "duration_s": _s(duration_ms),
             "strokes": end.get("strokes") if end else None,

@@ -1,7 +1,7 @@
 """`penctl session start | stop | run`: treatment sessions (docs/design.md §4, §4.1)."""
 
 from penctl import errors
-from penctl.client import SESSION_RUN_MAX_S, Pen
+from penctl.client import BACKSTOP, SESSION_RUN_MAX_S, Pen
 from penctl.commands import Command
 from penctl.commands.common import (add_action, add_actions, add_recording_outputs, check_recording_outputs,
                                     open_pen, rows_summary, sample_progress, save_partial_recording, save_recording,
@@ -83,7 +83,11 @@ def _run(args, out):
         if file_problem is not None:
             out.note(file_problem.message)
         reason = result["end_reason"]
-        if reason in ("FAULT", "CARTRIDGE_OUT"):
+        if result["ended_by"] == BACKSTOP:
+            exc = errors.PenRefused("OVERRAN", "the pen did not end the session at the %g s asked; penctl stopped "
+                                    "it %g s later (check the pen's firmware); %s"
+                                    % (args.seconds, Pen.RUN_BACKSTOP_MS / 1000, summary))
+        elif reason in ("FAULT", "CARTRIDGE_OUT"):
             why = "fault %s" % ", ".join(result["faults"]) if result["faults"] else reason
             exc = errors.PenRefused(reason, "the pen ended the session early (%s); %s" % (why, summary))
         else:
