@@ -352,16 +352,7 @@ class Pen:
         end = None
         raw = None
         while True:
-            poll_at = time.monotonic() + self.STOP_POLL_S
-            while True:
-                event = self.link.next_event(max(0.0, poll_at - time.monotonic()))
-                if event is None:
-                    break
-                body = event[1]
-                if body.get("ev") == "session_end" and session is not None and body.get("id") == session:
-                    end = body
-                if on_event is not None:
-                    on_event(body)
+            end = self._take_events(time.monotonic() + self.STOP_POLL_S, session, on_event) or end
             raw = self.request("info")
             depth = raw.get("depth_um")
             if (raw.get("state") in ENDED_STATES and raw.get("hz_chz") == 0 and isinstance(depth, int)
@@ -370,22 +361,30 @@ class Pen:
                 # The pen sends the session's end event in the pass that sees it end, which may
                 # come just after its answer to `info`: wait briefly so the result carries it.
                 grace = min(self.END_EVENT_GRACE_S, max(0.0, deadline - time.monotonic()))
-                settle = time.monotonic() + grace
-                while end is None and time.monotonic() < settle:
-                    event = self.link.next_event(max(0.0, settle - time.monotonic()))
-                    if event is None:
-                        break
-                    body = event[1]
-                    if body.get("ev") == "session_end" and session is not None and body.get("id") == session:
-                        end = body
-                    if on_event is not None:
-                        on_event(body)
+                if end is None:
+                    end = self._take_events(time.monotonic() + grace, session, on_event, until_end=True)
                 return {"state": raw["state"], "depth_mm": _mm(depth), "session_end": end}
             if time.monotonic() >= deadline:
                 state = raw.get("state") if not raw.get("fault") else "%s (%s)" % (raw.get("state"), raw.get("fault"))
                 raise LinkError("the pen did not confirm the end of session %s within %g s: state %s, needles at %s "
                                 "mm, motor %s Hz. Check the pen (`penctl info`); a longer --stop-timeout waits longer"
                                 % (session, timeout, state, _mm(depth), _hz(raw.get("hz_chz"))))
+
+    def _take_events(self, until, session, on_event, until_end=False):
+        """Hand events to `on_event`, waiting for them until the monotonic time `until`, until a
+        wait brings none; returns session `session`'s session_end event if one came. `until_end`:
+        stop at that event, and at `until` even while events keep coming."""
+        end = None
+        while not (until_end and (end is not None or time.monotonic() >= until)):
+            event = self.link.next_event(max(0.0, until - time.monotonic()))
+            if event is None:
+                break
+            body = event[1]
+            if body.get("ev") == "session_end" and session is not None and body.get("id") == session:
+                end = body
+            if on_event is not None:
+                on_event(body)
+        return end
 
     def _quietly(self, func, *args, **kwargs):
         try:
