@@ -197,15 +197,7 @@ class Rig:
         return None
 
     def audit(self):
-        entries = []
-        start = 0
-        while True:
-            reply = self.request("audit_read", **{"from": start, "count": 4})
-            assert reply["ok"], reply
-            entries.extend(reply["entries"])
-            if reply["next"] >= reply["end"]:
-                return entries
-            start = reply["next"]
+        return fwtest.read_pages(self.request, "audit_read")
 
     def flash_bytes(self):
         """Every byte the pen's flash folder holds (to look for the key in it)."""

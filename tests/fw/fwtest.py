@@ -165,3 +165,17 @@ def skip(reason):
 def on_micropython():
     import sys
     return sys.implementation.name == "micropython"
+
+
+def read_pages(request, op):
+    """Every entry of a paged read (log_read, audit_read), oldest first, 4 per request:
+    `request(op, **fields)` returns the reply dict."""
+    entries = []
+    start = 0
+    while True:
+        reply = request(op, **{"from": start, "count": 4})
+        assert reply["ok"], reply
+        entries.extend(reply["entries"])
+        if reply["next"] >= reply["end"]:
+            return entries
+        start = reply["next"]

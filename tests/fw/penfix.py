@@ -119,15 +119,7 @@ def ticks_until(pen, predicate, limit):
 
 
 def log_entries(pen):
-    entries = []
-    start = 0
-    while True:
-        reply = pen.request("log_read", **{"from": start, "count": 4})
-        assert reply["ok"], reply
-        entries.extend(reply["entries"])
-        if reply["next"] >= reply["end"]:
-            return entries
-        start = reply["next"]
+    return fwtest.read_pages(pen.request, "log_read")
 
 
 def read_file(path):
