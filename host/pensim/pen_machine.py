@@ -27,7 +27,7 @@ from pensim import shim_protocol as sp
 from pensim.interpreter import FIRMWARE, SHIM_KIND, Interpreter
 from pensim.loop import EventLoop
 from pensim.ptyport import PtyPort
-from pensim.world import World
+from pensim.world import FAULT_CARTRIDGE_OUT, World
 
 Reply = Callable[[dict], None]
 
@@ -230,7 +230,7 @@ class PenMachine:
 
     def _plant_op(self, req: dict, reply: Reply) -> None:
         op = req["op"]
-        if op == rigproto.OP_CARTRIDGE or req.get("fault") == "cartridge_out":
+        if op == rigproto.OP_CARTRIDGE or (op == rigproto.OP_INJECT and req.get("fault") == FAULT_CARTRIDGE_OUT):
             # The sim board writes its plant file the moment it marks a cartridge (S19): learn
             # that mark while the marked cartridge is still the one in the world.
             self.world.learn(self._final_plant())
