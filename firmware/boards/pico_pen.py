@@ -119,10 +119,7 @@ _WDT_TIMEOUT_MS = const(500)
 _WDT_CTRL_CLR = 0x4005B000
 _WDT_CTRL_ENABLE = 0x40000000
 
-# --- cartridge 1-Wire ---
-_OW_READ_ROM = const(0x33)
-_OW_FAMILY = const(0x2D)      # DS28E07 (and DS2431) family code
-_OW_TRIES = const(3)
+# --- cartridge 1-Wire: the DS28E07's commands, family code and retries are in boards/ds28e07.py
 
 # --- core 1 and the console ---
 _CORE1_STACK = const(8192)    # core 1's stack (bytes): the tick's native frames
@@ -186,7 +183,6 @@ class Board:
         # Cartridge.
         self._cart = Pin(_PIN_CART, Pin.IN, Pin.PULL_UP)
         self._ow = OneWire(Pin(_PIN_ONEWIRE)) if OneWire is not None else None
-        self._ow_buf = bytearray(8)
         # The cartridge's memory (S19): its used mark, through the same 1-Wire contact.
         self._cart_mem = DS28E07(self._ow) if self._ow is not None else None
         self._cart_rom_read = None   # ROM bytes of the ID cartridge_id() last returned
@@ -421,24 +417,14 @@ class Board:
         return self._cart.value() == 0
 
     def cartridge_id(self):  # loop: ~6 ms of 1-Wire traffic, IRQs off per bit slot
-        ow = self._ow
-        if ow is None or self._cart.value() != 0:
+        mem = self._cart_mem
+        if mem is None or self._cart.value() != 0:
             return None
-        buf = self._ow_buf
-        for _ in range(_OW_TRIES):
-            try:
-                if not ow.reset():
-                    continue
-                ow.writebyte(_OW_READ_ROM)
-                ow.readinto(buf)
-            except Exception:  # OneWireError, OSError: contact bounce
-                continue
-            # CRC over all 8 ROM bytes is 0 when valid; all-zero passes the CRC,
-            # the family check rejects it (and every foreign 1-Wire part).
-            if ow.crc8(buf) == 0 and buf[0] == _OW_FAMILY:
-                self._cart_rom_read = bytes(buf)
-                return binascii.hexlify(self._cart_rom_read).decode().upper()
-        return None
+        rom = mem.read_rom()   # retries, CRC and the family check (boards/ds28e07.py)
+        if rom is None:
+            return None
+        self._cart_rom_read = rom
+        return binascii.hexlify(rom).decode().upper()
 
     def _cart_rom(self):
         """The ROM of the seated cartridge, which must be the one whose ID the app checked
